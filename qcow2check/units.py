@@ -42,12 +42,12 @@ def parse_size(text: str) -> int:
 
 
 def describe_size(size: int) -> str:
-    """"1099511627776 bytes (1 TiB)": the exact count, with the unit that fits best."""
+    """ "1099511627776 bytes (1 TiB)": the exact count, with the unit that fits best."""
     for units in (_DECIMAL, _BINARY):
         for name, factor in units:
             if size % factor == 0 and 1 <= size // factor < 1000:
                 return f"{size} bytes ({size // factor} {name})"
-    for (decimal, d_factor), (binary, b_factor) in zip(_DECIMAL, _BINARY):
+    for (decimal, d_factor), (binary, b_factor) in zip(_DECIMAL, _BINARY, strict=True):
         if size >= d_factor:
             return (
                 f"{size} bytes ({size / d_factor:.9g} {decimal}, "
