@@ -173,10 +173,13 @@ def _identify_other_format(image: ImageFile, head: bytes, report: Report) -> Non
     report.info["format"] = found.kind
     message = f"not a QCOW2 image: this is {found.description}"
     fix = None
-    if found.advice and "{path}" in found.advice:
-        fix = fixes.fill(found.advice, report.path)
+    command_start = "qemu-img convert "
+    if found.advice and command_start in found.advice:
+        prose, _, command = found.advice.partition(command_start)
+        fix = fixes.fill(command_start + command, report.path)
+        message += f"; {prose.rstrip(': ')}"
     elif found.advice:
-        message += f"; {found.advice}"
+        message += f"; {fixes.fill(found.advice, report.path)}"
     report.add("not-qcow2", message, offset=found.offset, fix=fix)
 
 
