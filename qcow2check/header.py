@@ -173,7 +173,7 @@ def _identify_other_format(image: ImageFile, head: bytes, report: Report) -> Non
     report.info["format"] = found.kind
     message = f"not a QCOW2 image: this is {found.description}"
     fix = None
-    command_start = "qemu-img convert "
+    command_start = "qemu-img convert -f "
     if found.advice and command_start in found.advice:
         prose, _, command = found.advice.partition(command_start)
         fix = fixes.fill(command_start + command, report.path)

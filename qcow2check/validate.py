@@ -55,8 +55,12 @@ def validate(
         report = Report(image.name, level)
         _check(image, report, level, min_size, max_size, size, progress)
         report.info["bytes_read"] = image.bytes_read
-    log.debug("%s: %d findings, %d bytes read", image.name, len(report.findings),
-              image.bytes_read)
+    log.debug(
+        "%s: %d findings, %d bytes read",
+        image.name,
+        len(report.findings),
+        image.bytes_read,
+    )
     return report
 
 
