@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import click
+from click.core import ParameterSource
 
 from . import __version__
+from .config import ConfigError, find_config
 from .errors import ImageReadError
+from .findings import RULES
 from .policy import DEFAULT_MAX_SIZE, DEFAULT_MIN_SIZE
+from .profiles import DEFAULT_PROFILE, PROFILES
 from .units import parse_size
-from .validate import DEEP, METADATA, QUICK, validate
+from .validate import DEEP, LEVELS, METADATA, QUICK, validate
 
 EXIT_ACCEPTED = 0
 EXIT_REJECTED = 1
 EXIT_ERROR = 2
+FORMATS = ("text", "json", "github", "sarif")
 
 
 class SizeType(click.ParamType):
@@ -30,10 +37,11 @@ class SizeType(click.ParamType):
 
 
 SIZE = SizeType()
+RULE = click.Choice(sorted(RULES))
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=True))
+@click.argument("images", nargs=-1, required=True)
 @click.option(
     "--quick",
     "level",
@@ -51,12 +59,19 @@ SIZE = SizeType()
     "--deep", "level", flag_value=DEEP, help="Also decode every compressed cluster."
 )
 @click.option(
+    "--profile",
+    type=click.Choice(sorted(PROFILES)),
+    default=DEFAULT_PROFILE,
+    show_default=True,
+    help="Whose import rules apply; 'structure' checks QCOW2 validity only.",
+)
+@click.option(
     "--format",
     "output_format",
-    type=click.Choice(["text", "json"]),
+    type=click.Choice(FORMATS),
     default="text",
     show_default=True,
-    help="Output format.",
+    help="text for people, json for programs, github or sarif for CI.",
 )
 @click.option(
     "--min-size",
@@ -79,6 +94,27 @@ SIZE = SizeType()
     help="The size the import request will ask for: a multiple of 512, at least "
     "the virtual size; checked against the bounds instead of the virtual size.",
 )
+@click.option(
+    "--ignore", type=RULE, multiple=True, help="Leave out a rule (repeatable)."
+)
+@click.option(
+    "--warn",
+    type=RULE,
+    multiple=True,
+    help="Make a rule's errors warnings (repeatable).",
+)
+@click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Images checked at once.  [default: the number of cores]",
+)
+@click.option(
+    "--endpoint-url",
+    default=None,
+    help="S3 endpoint for s3:// images, e.g. https://s3.fr-par.scw.cloud.",
+)
 @click.option("-q", "--quiet", count=True, help="Say less (twice: nothing).")
 @click.option("-v", "--verbose", count=True, help="Say more (info findings, details).")
 @click.option(
@@ -89,64 +125,131 @@ SIZE = SizeType()
     help="Colour the text output.",
 )
 @click.version_option(__version__, "--version", prog_name="qcow2check")
-def main(images, level, output_format, min_size, max_size, size, quiet, verbose, color):
+@click.pass_context
+def main(ctx, images, **options):
     """Check QCOW2 IMAGEs against the snapshot-import rules before uploading them.
+
+    An IMAGE is a path, an s3://BUCKET/KEY object or an https:// URL. Options can
+    also be set in [tool.qcow2check] of pyproject.toml; the command line wins.
 
     Exit status: 0 when every image is accepted, 1 when any is rejected, 2 for a
     usage error or an image that cannot be read.
     """
-    if size is not None and size % 512:
+    _apply_config(ctx, options)
+    if options["size"] is not None and options["size"] % 512:
         raise click.BadParameter(
-            f"{size} is not a multiple of 512", param_hint="--size"
+            f"{options['size']} is not a multiple of 512", param_hint="--size"
         )
-    if min_size > max_size:
+    if options["min_size"] > options["max_size"]:
         raise click.BadParameter(
-            f"--min-size {min_size} is above --max-size {max_size}",
+            f"--min-size {options['min_size']} is above --max-size "
+            f"{options['max_size']}",
             param_hint="--min-size",
         )
-    verbosity = 1 + verbose - quiet
-    use_color = {"auto": None, "always": True, "never": False}[color]
 
-    reports = []
-    errors = []
-    for path in images:
-        progress = _progress_bar(path) if level != QUICK else None
+    jobs = min(options["jobs"] or os.cpu_count() or 1, len(images))
+    show_progress = jobs == 1 and options["level"] != QUICK and sys.stderr.isatty()
+
+    def check(path):
+        progress = _ProgressBar(path) if show_progress else None
         try:
-            report = validate(
+            return validate(
                 path,
-                level=level,
-                min_size=min_size,
-                max_size=max_size,
-                size=size,
+                level=options["level"],
+                min_size=options["min_size"],
+                max_size=options["max_size"],
+                size=options["size"],
+                profile=options["profile"],
+                ignore=options["ignore"],
+                warn=options["warn"],
+                endpoint_url=options["endpoint_url"],
                 progress=progress,
             )
         except ImageReadError as error:
-            errors.append(error)
-            click.echo(f"qcow2check: error: {error}", err=True)
-            continue
+            return error
         finally:
             if progress is not None:
                 progress.close()
-        reports.append(report)
-        if output_format == "text":
-            from .output import format_text
 
-            text = format_text(report, verbosity)
-            if text:
-                click.echo(text, color=use_color)
+    reports, errors = [], []
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        # map() yields in the order the images were given, whatever finishes first.
+        for result in pool.map(check, images):
+            if isinstance(result, ImageReadError):
+                errors.append(result)
+                click.echo(f"qcow2check: error: {result}", err=True)
+            else:
+                reports.append(result)
+                _print_text(result, options)
 
-    if output_format == "json":
-        from .output import format_json
-
-        click.echo(format_json(reports, errors))
-
+    _print_document(reports, errors, options["output_format"])
     if errors:
         sys.exit(EXIT_ERROR)
     sys.exit(EXIT_ACCEPTED if all(r.accepted for r in reports) else EXIT_REJECTED)
 
 
+def _apply_config(ctx: click.Context, options: dict) -> None:
+    """Fill every option left at its default from [tool.qcow2check]."""
+    try:
+        found = find_config()
+    except ConfigError as error:
+        raise click.UsageError(str(error)) from error
+    if found is None:
+        return
+    path, settings = found
+    params = {param.name: param for param in ctx.command.params}
+    names = {"format": "output_format", "min-size": "min_size", "max-size": "max_size"}
+
+    for key, value in settings.items():
+        name = names.get(key, key)
+        if key == "level":
+            if value not in LEVELS:
+                raise click.UsageError(
+                    f"{path}: level must be one of {', '.join(LEVELS)}, not {value!r}"
+                )
+        else:
+            param = params[name]
+            try:
+                if param.multiple:
+                    values = [value] if isinstance(value, str) else value
+                    value = tuple(param.type.convert(v, param, ctx) for v in values)
+                else:
+                    value = param.type.convert(value, param, ctx)
+            except click.BadParameter as error:
+                raise click.UsageError(f"{path}: {key}: {error.message}") from error
+        # Checked even when unused, so a typo in the file never goes unnoticed.
+        if ctx.get_parameter_source(name) == ParameterSource.DEFAULT:
+            options[name] = value
+
+
+def _print_text(report, options: dict) -> None:
+    if options["output_format"] != "text":
+        return
+    from .output import format_text
+
+    text = format_text(report, 1 + options["verbose"] - options["quiet"])
+    if text:
+        color = {"auto": None, "always": True, "never": False}[options["color"]]
+        click.echo(text, color=color)
+
+
+def _print_document(reports, errors, output_format: str) -> None:
+    if output_format == "json":
+        from .output import format_json
+
+        click.echo(format_json(reports, errors))
+    elif output_format == "github":
+        from .ci_formats import format_github
+
+        click.echo(format_github(reports, errors), nl=False)
+    elif output_format == "sarif":
+        from .ci_formats import format_sarif
+
+        click.echo(format_sarif(reports, errors))
+
+
 class _ProgressBar:
-    """A one-line bar on stderr, drawn only when stderr is a terminal."""
+    """A one-line bar on stderr; only made when stderr is a terminal."""
 
     WIDTH = 30
 
@@ -168,7 +271,3 @@ class _ProgressBar:
     def close(self) -> None:
         if self.drawn:
             click.echo("\r\033[K", nl=False, err=True)
-
-
-def _progress_bar(path: str) -> _ProgressBar | None:
-    return _ProgressBar(path) if sys.stderr.isatty() else None

@@ -52,6 +52,7 @@ RULES = {
         ),
         Rule("corrupt-flag", ERROR, "The header's corrupt bit is set."),
         Rule("virtual-size", ERROR, "The volume size is outside the accepted bounds."),
+        Rule("file-size", ERROR, "The file is larger than the service's size cap."),
         Rule("dirty", WARNING, "The dirty bit is set: refcounts may be stale."),
         Rule(
             "internal-snapshots",

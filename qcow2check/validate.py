@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from typing import BinaryIO
 
-from .findings import Report
+from .findings import RULES, Report
 from .header import read_header
 from .image import ImageFile
 from .policy import DEFAULT_MAX_SIZE, DEFAULT_MIN_SIZE, SECTOR_SIZE, check_import_rules
+from .profiles import DEFAULT_PROFILE, PROFILES, apply_profile
 
 log = logging.getLogger(__name__)
 
@@ -17,6 +19,7 @@ QUICK = "quick"
 METADATA = "metadata"
 DEEP = "deep"
 LEVELS = (QUICK, METADATA, DEEP)
+REMOTE_SCHEMES = ("s3://", "http://", "https://")
 
 
 def validate(
@@ -26,15 +29,23 @@ def validate(
     min_size: int = DEFAULT_MIN_SIZE,
     max_size: int = DEFAULT_MAX_SIZE,
     size: int | None = None,
+    profile: str = DEFAULT_PROFILE,
+    ignore: Iterable[str] = (),
+    warn: Iterable[str] = (),
+    endpoint_url: str | None = None,
     progress=None,
 ) -> Report:
     """Check one image and return its report.
 
-    ``source`` is a path or a readable, seekable binary file object (left open).
-    ``level`` is "quick" (the header cluster only), "metadata" (also every table)
-    or "deep" (also every compressed cluster decoded). ``min_size`` and ``max_size``
-    bound the volume size in bytes, both inclusive; ``size`` is the import request's
-    optional size, which then is the size checked.
+    ``source`` is a path, an ``s3://BUCKET/KEY`` or ``https://`` URL (read with
+    range requests; ``endpoint_url`` names a non-AWS S3 service), or a readable,
+    seekable binary file object (left open). ``level`` is "quick" (the header
+    cluster only), "metadata" (also every table) or "deep" (also every compressed
+    cluster decoded). ``min_size`` and ``max_size`` bound the volume size in bytes,
+    both inclusive; ``size`` is the import request's optional size, which then is
+    the size checked. ``profile`` names the rules that apply (see
+    :mod:`qcow2check.profiles`); rules named in ``ignore`` are left out and those
+    in ``warn`` only warn.
 
     Nothing in the image's bytes makes this raise: every problem is a finding. An
     image that cannot be read raises :class:`~qcow2check.errors.ImageReadError`; a
@@ -46,15 +57,17 @@ def validate(
         raise ValueError(f"size must be a positive multiple of {SECTOR_SIZE}: {size}")
     if min_size > max_size:
         raise ValueError(f"min_size {min_size} is above max_size {max_size}")
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {', '.join(PROFILES)}: {profile!r}")
+    unknown = (set(ignore) | set(warn)) - RULES.keys()
+    if unknown:
+        raise ValueError(f"unknown rule ids: {', '.join(sorted(unknown))}")
 
-    if isinstance(source, (str, os.PathLike)):
-        image = ImageFile.open(source)
-    else:
-        image = ImageFile.wrap(source, getattr(source, "name", "<stream>"))
-    with image:
+    with _open(source, endpoint_url) as image:
         report = Report(image.name, level)
         _check(image, report, level, min_size, max_size, size, progress)
         report.info["bytes_read"] = image.bytes_read
+    apply_profile(report, PROFILES[profile], frozenset(ignore), frozenset(warn))
     log.debug(
         "%s: %d findings, %d bytes read",
         image.name,
@@ -62,6 +75,16 @@ def validate(
         image.bytes_read,
     )
     return report
+
+
+def _open(source, endpoint_url: str | None):
+    if isinstance(source, str) and source.startswith(REMOTE_SCHEMES):
+        from .remote import open_remote
+
+        return open_remote(source, endpoint_url=endpoint_url)
+    if isinstance(source, (str, os.PathLike)):
+        return ImageFile.open(source)
+    return ImageFile.wrap(source, getattr(source, "name", "<stream>"))
 
 
 def _check(image, report, level, min_size, max_size, size, progress) -> None:
