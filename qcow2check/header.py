@@ -505,10 +505,11 @@ def _check_features(header: Header, report: Report) -> None:
     unknown = header.incompatible_features & ~layout.QCOW2_INCOMPAT_MASK
     for bit in range(layout.LAST_KNOWN_INCOMPATIBLE_BIT + 1, 64):
         if unknown >> bit & 1:
-            name = header.feature_name(layout.INCOMPATIBLE, bit)
+            name = header.feature_table.get((layout.INCOMPATIBLE, bit))
+            named = f" ({name})" if name else ""
             report.add(
                 "unknown-feature",
-                f"incompatible feature bit {bit} ({name}) is set; QEMU and this "
+                f"incompatible feature bit {bit}{named} is set; QEMU and this "
                 "validator know bits 0 to "
                 f"{layout.LAST_KNOWN_INCOMPATIBLE_BIT} only",
                 72 + 7 - bit // 8,

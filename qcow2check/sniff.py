@@ -271,7 +271,7 @@ def _lfs_pointer(head: bytes) -> Identification:
     return Identification(
         "git-lfs-pointer",
         f"a Git LFS pointer file{shown}",
-        "this is a Git LFS pointer, not the image: run git lfs pull "
+        "the image itself is in Git LFS: run git lfs pull "
         "(or download the file itself rather than the pointer)",
         0,
     )

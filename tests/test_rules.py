@@ -134,7 +134,7 @@ HEADER_CASES = {
     "unknown-incompatible-bit": (
         dict(incompatible_features=1 << 5),
         {"unknown-feature"},
-        ["bit 5 (unknown bit 5)"],
+        ["incompatible feature bit 5 is set"],
     ),
     "unknown-bit-named-by-the-image": (
         dict(
