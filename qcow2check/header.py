@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from functools import cache
+from functools import cache, cached_property
 
 from . import fixes, layout, limits, sniff
 from .findings import Report
@@ -66,7 +66,7 @@ class Header:
         self.backing_file: bytes | None = None
         self.backing_format: bytes | None = None
         self.data_file: bytes | None = None
-        self.feature_table: dict[tuple[str, int], str] = {}
+        self.feature_table_data = b""
         self.bitmaps_extension = None
         self.crypto_header = None
         self.extensions: list[dict] = []
@@ -100,6 +100,22 @@ class Header:
 
     def incompatible(self, bit: int) -> bool:
         return bool(self.incompatible_features >> bit & 1)
+
+    @cached_property
+    def feature_table(self) -> dict[tuple[str, int], str]:
+        """(kind, bit) to name, from the feature name table extension. Parsed only
+        when a set bit needs a name: most images never ask."""
+        table = {}
+        entry_size = layout.FEATURE_NAME_ENTRY_SIZE
+        parse = _compiled("feature_name_entry").parse
+        data = self.feature_table_data
+        for start in range(0, len(data) - entry_size + 1, entry_size):
+            entry = parse(data[start : start + entry_size])
+            kind = layout.FEATURE_TYPE_KINDS.get(entry.type)
+            if kind is not None:
+                name = entry.feature_name.rstrip(b"\0").decode("utf-8", "replace")
+                table[kind, entry.bit_number] = name
+        return table
 
     def feature_name(self, kind: str, bit: int) -> str:
         """The image's own name for a feature bit, else the spec's, else its number."""
@@ -272,7 +288,7 @@ def _read_additional_fields(
             offset=file_size,
         )
         return
-    fields = _compiled("header_v3").parse(cluster0)
+    fields = _compiled("header_v3").parse(cluster0[: header.header_length])
     header.compression_type = fields.compression_type or 0
     if fields.unknown_fields:
         header.extensions.append(
@@ -347,14 +363,7 @@ def _read_extension(
         header.backing_format = data
 
     elif ext_type == layout.QCOW2_EXT_MAGIC_FEATURE_TABLE:
-        entry_size = layout.FEATURE_NAME_ENTRY_SIZE
-        parse = _compiled("feature_name_entry").parse
-        for start in range(0, len(data) - entry_size + 1, entry_size):
-            entry = parse(data[start : start + entry_size])
-            kind = layout.FEATURE_TYPE_KINDS.get(entry.type)
-            if kind is not None:
-                name = entry.feature_name.rstrip(b"\0").decode("utf-8", "replace")
-                header.feature_table[kind, entry.bit_number] = name
+        header.feature_table_data = data
 
     elif ext_type == layout.QCOW2_EXT_MAGIC_BITMAPS:
         _read_bitmaps_extension(header, data, offset, report)
@@ -503,17 +512,15 @@ def _check_features(header: Header, report: Report) -> None:
         return
 
     unknown = header.incompatible_features & ~layout.QCOW2_INCOMPAT_MASK
-    for bit in range(layout.LAST_KNOWN_INCOMPATIBLE_BIT + 1, 64):
-        if unknown >> bit & 1:
-            name = header.feature_table.get((layout.INCOMPATIBLE, bit))
-            named = f" ({name})" if name else ""
-            report.add(
-                "unknown-feature",
-                f"incompatible feature bit {bit}{named} is set; QEMU and this "
-                "validator know bits 0 to "
-                f"{layout.LAST_KNOWN_INCOMPATIBLE_BIT} only",
-                72 + 7 - bit // 8,
-            )
+    for bit in _set_bits(unknown):
+        name = header.feature_table.get((layout.INCOMPATIBLE, bit))
+        named = f" ({name})" if name else ""
+        report.add(
+            "unknown-feature",
+            f"incompatible feature bit {bit}{named} is set; QEMU and this validator "
+            f"know bits 0 to {layout.LAST_KNOWN_INCOMPATIBLE_BIT} only",
+            72 + 7 - bit // 8,
+        )
 
     if header.incompatible(layout.QCOW2_INCOMPAT_CORRUPT_BITNR):
         report.add(
@@ -701,7 +708,7 @@ def _record_info(header: Header, report: Report) -> None:
     info["backing_file_format"] = _text(header.backing_format)
     info["data_file"] = _text(header.data_file)
     info["features"] = {
-        kind: [header.feature_name(kind, bit) for bit in range(64) if bits >> bit & 1]
+        kind: [header.feature_name(kind, bit) for bit in _set_bits(bits)]
         for kind, bits in (
             (layout.INCOMPATIBLE, header.incompatible_features),
             (layout.COMPATIBLE, header.compatible_features),
@@ -710,6 +717,15 @@ def _record_info(header: Header, report: Report) -> None:
     }
     info["snapshot_count"] = header.nb_snapshots
     info["header_extensions"] = header.extensions
+
+
+def _set_bits(bits: int) -> list[int]:
+    found = []
+    while bits:
+        lowest = bits & -bits
+        found.append(lowest.bit_length() - 1)
+        bits ^= lowest
+    return found
 
 
 def _text(name: bytes | None) -> str | None:

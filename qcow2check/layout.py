@@ -58,14 +58,14 @@ header_v3_fields = Struct(
     "header_length" / Int32ub,
 )
 
-# Bytes 104 to header_length, the "additional fields": compression_type exists only
-# when header_length > 104, bytes 105-111 are padding, and anything beyond is a field
-# from a newer spec, kept as bytes so that a round trip loses nothing.
 # The fixed part of a version 3 header, bytes 0-103.
 header_v3_fixed = Struct(*header_common.subcons, *header_v3_fields.subcons)
 
-header_v3 = Struct(
-    *header_v3_fixed.subcons,
+# Bytes 104 to header_length, the "additional fields": compression_type exists only
+# when header_length > 104, bytes 105-111 are padding, and anything beyond is a field
+# from a newer spec, kept as bytes so that a round trip loses nothing. These fields
+# refer to header_length, so they are parsed as part of header_v3.
+header_v3_additional = Struct(
     "compression_type" / If(this.header_length > V3_HEADER_LENGTH, Int8ub),
     "padding"
     / If(
@@ -76,6 +76,8 @@ header_v3 = Struct(
     ),
     "unknown_fields" / If(this.header_length > 112, Bytes(this.header_length - 112)),
 )
+
+header_v3 = Struct(*header_v3_fixed.subcons, *header_v3_additional.subcons)
 
 # QCOW version 1 (QEMU block/qcow.c, QCowHeader): recognised only to name it.
 header_v1 = Struct(
