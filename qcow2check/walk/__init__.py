@@ -1,0 +1,253 @@
+"""The metadata walk: every table of an image, checked as ``qemu-img check`` does.
+
+:func:`check_tables` reads the active L1 and L2 tables, the refcount table and
+blocks, the snapshot table with each snapshot's tables, the bitmap directory and
+bitmap tables, counts the references to every host cluster and compares them with
+the stored refcounts (``qcow2_check_refcounts`` in QEMU's ``block/qcow2-refcount.c``).
+``report.info["check"]`` gets the figures ``qemu-img check`` prints, with the same
+meaning; ``corruptions`` and ``leaks`` are counted exactly as QEMU counts them.
+
+Where qcow2check is stricter than ``qemu-img check``, the extra findings are
+errors but are not added to ``corruptions``, so the counts stay comparable:
+
+- a zero flag (bit 0) on an L2 entry of a version 2 image (``l2-table``): QEMU's
+  check passes it, but a read of the cluster fails with "Zero cluster entry found
+  in pre-v3 image" and marks the image corrupt;
+- compressed data that does not decode to exactly one cluster, at the deep level
+  (``compressed-cluster``): QEMU's check passes it, reads fail with an I/O error;
+  a zstd cluster whose frames hold more than one cluster is refused too;
+- structures sharing a host cluster (``overlap``): QEMU's check sees them only as
+  refcount errors, which are counted; the overlap finding names the two structures.
+
+Where QEMU's check cannot complete (it exits 1 and prints no counts), the walk goes
+on, and ``check_errors`` says how many such failures QEMU would have met: an
+unreadable refcount block, a snapshot table or bitmap directory QEMU cannot load,
+a bitmap table with an invalid entry.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from .. import layout, limits
+from ..errors import ImageReadError
+from ..findings import Report
+from ..header import Header
+from ..image import ImageFile
+from . import bitmaps, compressed, l1l2, metadata, refcounts, snapshots
+from .state import Walk
+from .tables import read_u64_table
+
+log = logging.getLogger(__name__)
+
+__all__ = ["check_tables"]
+
+L1_OFFSET = np.uint64(layout.L1E_OFFSET_MASK)
+
+
+def check_tables(
+    image: ImageFile, header: Header, report: Report, *, deep: bool, progress=None
+) -> None:
+    """Walk every table of ``image``; findings go to ``report``.
+
+    ``progress``, if given, is called as ``progress(done, total)`` as L2 tables
+    are read. Nothing in the image's bytes makes this raise; an I/O error while
+    reading does (:class:`~qcow2check.errors.ImageReadError`).
+    """
+    walk = Walk(image, header, report, deep, progress)
+    image_end_offset = 0
+    try:
+        image_end_offset = _walk(walk)
+    except ImageReadError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a finding, never a crash
+        log.exception("walking the tables of %s failed", image.name)
+        walk.rec.add(
+            "not-checked",
+            f"the table walk stopped early on an internal error ({error!r}); the "
+            "counts below are incomplete",
+            None,
+        )
+    finally:
+        if walk.decoder is not None:
+            walk.decoder.pool.shutdown(wait=True, cancel_futures=True)
+        walk.rec.finish()
+
+    zstd = header.compression_type == layout.QCOW2_COMPRESSION_TYPE_ZSTD
+    report.info["check"] = {
+        "total_clusters": -(-(header.size // 512 * 512) // walk.cluster_size),
+        "allocated_clusters": walk.allocated_clusters,
+        "fragmented_clusters": walk.fragmented_clusters,
+        "compressed_clusters": walk.compressed_clusters,
+        "zstd_compressed_clusters": walk.compressed_clusters if zstd else 0,
+        "zlib_compressed_clusters": 0 if zstd else walk.compressed_clusters,
+        "image_end_offset": image_end_offset,
+        "corruptions": walk.corruptions,
+        "leaks": walk.leaks,
+        "check_errors": walk.check_errors,
+    }
+
+
+def _walk(walk: Walk) -> int:
+    header = walk.header
+    cluster_size = walk.cluster_size
+
+    # Read what says where everything is: refcounts, L1 tables, snapshots, bitmaps.
+    refcounts.read_stored(walk)
+    l1 = _read_l1(walk, header.l1_table_offset, header.l1_size, "the active L1 table")
+    loaded = snapshots.load(walk)
+    snapshot_list, snapshots_size = loaded if loaded is not None else ([], 0)
+    snapshot_l1s = _read_snapshot_l1s(walk, snapshots.usable(walk, snapshot_list))
+    bitmap_list = bitmaps.load(walk)
+
+    registry = walk.registry = metadata.Registry(walk)
+    registry.add(0, cluster_size, metadata.HEADER)
+    registry.add(header.l1_table_offset, 8 * len(l1), metadata.ACTIVE_L1)
+    registry.add_many(_l2_offsets(l1), metadata.L2_TABLE)
+    registry.add(
+        header.refcount_table_offset,
+        8 * walk.stored.reftable.size,
+        metadata.REFCOUNT_TABLE,
+    )
+    valid = walk.stored.state == refcounts.VALID
+    registry.add_many(walk.stored.offsets[valid], metadata.REFCOUNT_BLOCK)
+    registry.add(header.snapshots_offset, snapshots_size, metadata.SNAPSHOT_TABLE)
+    for group, table in snapshot_l1s:
+        registry.add(group[0].l1_table_offset, 8 * len(table), metadata.SNAPSHOT_L1)
+        registry.add_many(_l2_offsets(table), metadata.L2_TABLE)
+    crypto = header.crypto_header
+    if crypto is not None:
+        registry.add(crypto.offset, crypto.length, metadata.ENCRYPTION_HEADER)
+    if bitmap_list:
+        extension = header.bitmaps_extension
+        registry.add(
+            extension.bitmap_directory_offset,
+            extension.bitmap_directory_size,
+            metadata.BITMAP_DIRECTORY,
+        )
+        for bitmap in bitmap_list:
+            registry.add(
+                bitmap.table_offset, 8 * bitmap.table_size, metadata.BITMAP_TABLE
+            )
+    registry.finish()
+
+    # Count references in qcow2_check_refcounts' order.
+    walk.count_region(0, cluster_size, "the header cluster")
+    if walk.deep:
+        walk.decoder = compressed.Decoder(walk)
+    active = _count_l1(walk, [(l1, header.l1_table_offset, 1, "the active L1 table")])
+    inactive = _count_l1(
+        walk,
+        [
+            (table, group[0].l1_table_offset, len(group), _name(group))
+            for group, table in snapshot_l1s
+        ],
+        active=False,
+    )
+    total = active.offsets.size + inactive.offsets.size
+    done = l1l2.walk_l2(walk, active, True, 0, total)
+    l1l2.walk_l2(walk, inactive, False, done, total)
+    if walk.decoder is not None:
+        walk.decoder.close()
+
+    walk.count_region(header.snapshots_offset, snapshots_size, "the snapshot table")
+    walk.count_region(
+        header.refcount_table_offset,
+        8 * walk.stored.reftable.size,
+        "the refcount table",
+    )
+    if crypto is not None and crypto.length:
+        walk.count_region(crypto.offset, crypto.length, "the encryption header")
+    if bitmap_list:
+        bitmaps.count(walk, bitmap_list)
+    refcounts.count_refblocks(walk)
+
+    _count_overflow(walk)
+    return refcounts.compare(walk)
+
+
+def _read_l1(walk: Walk, offset: int, size: int, name: str) -> np.ndarray:
+    if size > limits.QCOW_MAX_L1_SIZE // 8:
+        walk.rec.add(
+            "not-checked",
+            f"{name} was not read: its {size} entries are more than QEMU's limit of "
+            f"{limits.QCOW_MAX_L1_SIZE // 8}",
+            offset,
+        )
+        return np.zeros(0, np.uint64)
+    return read_u64_table(walk.image, offset, size)
+
+
+def _read_snapshot_l1s(walk: Walk, usable: list) -> list:
+    """Each distinct snapshot L1 table, read once, with the snapshots using it."""
+    groups: dict[tuple[int, int], list] = {}
+    for snapshot in usable:
+        groups.setdefault((snapshot.l1_table_offset, snapshot.l1_size), []).append(
+            snapshot
+        )
+    # Overlapping L1 tables of many snapshots could make the reads grow without
+    # bound; real snapshot L1 tables are distinct clusters of the file.
+    budget = walk.file_size + limits.QCOW_MAX_L1_SIZE
+    tables = []
+    for (offset, size), group in groups.items():
+        budget -= 8 * size
+        if budget < 0:
+            walk.rec.add(
+                "not-checked",
+                f"the L1 tables of {_name(group)} and later snapshots were not read: "
+                "together they are larger than the file",
+                group[0].entry_offset,
+            )
+            break
+        tables.append((group, read_u64_table(walk.image, offset, size)))
+    return tables
+
+
+def _name(group: list) -> str:
+    if len(group) == 1:
+        return f"the L1 table of {group[0]}"
+    return f"the L1 table of {group[0]} and {len(group) - 1} more snapshots"
+
+
+def _l2_offsets(l1: np.ndarray) -> np.ndarray:
+    return np.unique(l1[l1 != 0] & L1_OFFSET)
+
+
+def _count_l1(walk: Walk, tables: list, active: bool = True) -> l1l2.L2Tables:
+    offsets, weights, where = [], [], []
+    for table, table_offset, weight, name in tables:
+        if table.size == 0:
+            continue
+        if not walk.count_region(
+            table_offset, 8 * table.size, name, weight, "l1-table"
+        ):
+            continue
+        l2, index, weight_each = l1l2.check_l1(
+            walk, table, table_offset, weight, active, name
+        )
+        offsets.append(l2)
+        weights.append(weight_each)
+        where.append([f"{name} index {i}" for i in index.tolist()])
+    return l1l2.merge(offsets, weights, where)
+
+
+def _count_overflow(walk: Walk) -> None:
+    """Computed refcounts above the refcount width are QEMU's "overflow" errors."""
+    counts = walk.counts.array
+    if int(counts.max(initial=0)) <= walk.refcount_max:
+        return
+    over = np.flatnonzero(counts > walk.refcount_max)
+    excess = counts[over].astype(np.int64) - walk.refcount_max
+    walk.corruptions += int(excess.sum())
+    for position in over[: walk.rec.take("refcount", over.size)].tolist():
+        cluster = int(position)
+        walk.rec.add(
+            "refcount",
+            f"cluster {cluster} ({cluster << walk.cluster_bits:#x}) is referenced "
+            f"{int(counts[position])} times, more than a {walk.header.refcount_bits}-"
+            f"bit refcount can hold; expected at most {walk.refcount_max}",
+            cluster << walk.cluster_bits,
+            walk.refcount_severity,
+        )

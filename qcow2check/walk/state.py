@@ -1,0 +1,190 @@
+"""What one walk carries: the computed refcounts, the counters, and the findings.
+
+``Counts`` is QEMU's in-memory refcount table (``qcow2_inc_refcounts_imrt`` in
+``block/qcow2-refcount.c``): one counter per host cluster, one byte wide until a
+count needs more. ``Recorder`` lists the first findings of each rule one by one and
+summarises the rest, while the counters stay exact.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..findings import ERROR, INFO, WARNING, Report
+from ..header import Header
+from ..image import ImageFile
+
+# Findings listed one by one per rule; the rest are summed up in one finding.
+FINDINGS_PER_RULE = 20
+
+FLAG_REFCOUNT_ONE = 1
+FLAG_METADATA = 2
+
+_WIDER = {np.uint8: np.uint16, np.uint16: np.uint32, np.uint32: np.uint64}
+_RANK = {INFO: 0, WARNING: 1, ERROR: 2}
+
+
+class Counts:
+    """References per host cluster, for clusters 0 to ``size - 1``."""
+
+    def __init__(self, size: int, cluster_bits: int) -> None:
+        self.array = np.zeros(size, dtype=np.uint8)
+        self.cluster_bits = cluster_bits
+
+    def add(self, clusters: np.ndarray, weight: int = 1) -> None:
+        """Add ``weight`` references to each of ``clusters`` (repeats count twice)."""
+        if clusters.size == 0 or weight == 0:
+            return
+        if clusters.size > 1 and not (clusters[1:] > clusters[:-1]).all():
+            unique, repeats = np.unique(clusters, return_counts=True)
+            self._add_unique(unique, repeats.astype(np.uint64) * np.uint64(weight))
+            return
+        self._add_unique(clusters, weight)
+
+    def _add_unique(self, clusters: np.ndarray, amount) -> None:
+        current = self.array[clusters]
+        highest = int(current.max()) + int(np.max(amount))
+        while highest > np.iinfo(self.array.dtype).max:
+            self.array = self.array.astype(_WIDER[self.array.dtype.type])
+            current = self.array[clusters]
+        self.array[clusters] = current + np.asarray(amount, dtype=self.array.dtype)
+
+    def add_region(self, offset: int, size: int, weight: int = 1) -> None:
+        """Count every cluster the byte range touches; the caller checked the end."""
+        first = offset >> self.cluster_bits
+        last = (offset + size - 1) >> self.cluster_bits
+        self.add(np.arange(first, last + 1, dtype=np.int64), weight)
+
+
+class Recorder:
+    """Adds findings to the report, at most FINDINGS_PER_RULE per rule."""
+
+    def __init__(self, report: Report) -> None:
+        self.report = report
+        self.listed: dict[str, int] = {}
+        self.unlisted: dict[str, tuple[int, str]] = {}
+
+    def room(self, rule: str) -> int:
+        """How many more findings of ``rule`` will be listed."""
+        return FINDINGS_PER_RULE - self.listed.get(rule, 0)
+
+    def add(
+        self, rule: str, message: str, offset: int | None, severity: str | None = None
+    ) -> None:
+        if self.room(rule) > 0:
+            self.listed[rule] = self.listed.get(rule, 0) + 1
+            self.report.add(rule, message, offset, severity=severity)
+        else:
+            self.skip(rule, 1, severity or ERROR)
+
+    def take(self, rule: str, count: int, severity: str = ERROR) -> int:
+        """Of ``count`` new findings, how many to list; the rest are counted."""
+        listed = min(count, self.room(rule))
+        self.skip(rule, count - listed, severity)
+        return listed
+
+    def skip(self, rule: str, count: int, severity: str = ERROR) -> None:
+        """Count ``count`` findings of ``rule`` that are not listed."""
+        if count <= 0:
+            return
+        before, worst = self.unlisted.get(rule, (0, INFO))
+        if _RANK[severity] > _RANK[worst]:
+            worst = severity
+        self.unlisted[rule] = (before + count, worst)
+
+    def finish(self) -> None:
+        for rule, (count, severity) in self.unlisted.items():
+            self.report.add(
+                rule,
+                f"... and {count} more {rule} findings like the ones above, not "
+                "listed one by one",
+                None,
+                severity=severity,
+            )
+        self.unlisted.clear()
+
+
+class Walk:
+    """The state shared by the parts of one walk over an image's tables."""
+
+    def __init__(
+        self, image: ImageFile, header: Header, report: Report, deep: bool, progress
+    ) -> None:
+        self.image = image
+        self.header = header
+        self.report = report
+        self.deep = deep
+        self.progress = progress
+        self.rec = Recorder(report)
+
+        self.cluster_bits = header.cluster_bits
+        self.cluster_size = header.cluster_size
+        self.file_size = image.size
+        self.file_clusters = -(-image.size // self.cluster_size)
+        # A reference may reach less than one cluster past the end of the file
+        # (qcow2_inc_refcounts_imrt), so one more counter than there are clusters.
+        self.counts = Counts(self.file_clusters + 1, self.cluster_bits)
+        self.refcount_max = (1 << header.refcount_bits) - 1
+        self.data_file = header.has_data_file
+
+        self.corruptions = 0
+        self.leaks = 0
+        self.check_errors = 0
+        self.allocated_clusters = 0
+        self.fragmented_clusters = 0
+        self.compressed_clusters = 0
+
+        # Refcount mismatches on a dirty image are repaired by QEMU on open.
+        self.refcount_severity = WARNING if header.dirty else ERROR
+
+        # Two bits per cluster: FLAG_REFCOUNT_ONE (the stored refcount is 1, for
+        # the COPIED check) and FLAG_METADATA (a table lives there, for overlaps).
+        self.flags = np.zeros((self.file_clusters + 4) // 4, dtype=np.uint8)
+        self.stored = None
+        self.registry = None
+        self.decoder = None
+
+    def past_end(self, offset: int, size: int) -> bool:
+        """qcow2_inc_refcounts_imrt: a region may end less than a cluster past EOF."""
+        return offset + size - self.file_size >= self.cluster_size
+
+    def count_region(
+        self, offset: int, size: int, what: str, weight: int = 1, rule: str = "refcount"
+    ) -> bool:
+        """Count references to a region as QEMU does; False if it lies past the end."""
+        if size <= 0:
+            return True
+        if self.past_end(offset, size):
+            self.corruptions += weight
+            self.rec.add(
+                rule,
+                f"{what} at {offset:#x} ({size} bytes) lies past the end of the file "
+                f"at {self.file_size:#x}; expected it inside the file (a truncated "
+                "image?)",
+                offset,
+            )
+            return False
+        self.counts.add_region(offset, size, weight)
+        return True
+
+    def tick(self, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(done, total)
+
+
+def set_flags(flags: np.ndarray, first: int, values: np.ndarray, flag: int) -> None:
+    """OR ``flag`` into the clusters from ``first`` (a multiple of 4) where set."""
+    end = min(len(values), len(flags) * 4 - first)
+    if end <= 0:
+        return
+    bits = np.zeros(-(-end // 4) * 4, dtype=np.uint8)
+    bits[:end] = values[:end] != 0
+    bits = bits.reshape(-1, 4) * flag
+    packed = bits[:, 0] | bits[:, 1] << 2 | bits[:, 2] << 4 | bits[:, 3] << 6
+    flags[first // 4 : first // 4 + len(packed)] |= packed
+
+
+def get_flags(flags: np.ndarray, clusters: np.ndarray) -> np.ndarray:
+    """The two flag bits of each cluster (all below ``len(flags) * 4``)."""
+    shift = ((clusters & 3) << 1).astype(np.uint8)
+    return (flags[clusters >> 2] >> shift) & 3
