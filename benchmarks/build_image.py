@@ -217,6 +217,8 @@ def allocated_mask(start: int, count: int, fill: float) -> numpy.ndarray:
     Cluster v is allocated when floor((v + 1) * fill) > floor(v * fill): the
     allocated clusters are spread evenly, and any prefix holds its share.
     """
+    if fill in (0.0, 1.0):
+        return numpy.full(count, bool(fill))
     v = numpy.arange(start, start + count, dtype=numpy.float64)
     return numpy.floor((v + 1) * fill) > numpy.floor(v * fill)
 
@@ -305,13 +307,17 @@ def _write_l2_batch(
     tables = guest // l2_entries
     # The data of table t follows it: the k-th allocated cluster of the table sits
     # k + 1 clusters after the table.
-    rank = numpy.arange(len(guest)) - numpy.searchsorted(tables, tables)
+    first_table = first // l2_entries
+    per_table = numpy.bincount(
+        tables - first_table, minlength=len(entries) // l2_entries
+    )
+    first_of_table = numpy.cumsum(per_table) - per_table
+    rank = numpy.arange(len(guest)) - first_of_table[tables - first_table]
     host = table_cluster[tables] + 1 + rank
     entries[guest - first] = (host.astype(numpy.uint64) << cluster_bits) | (
         layout.QCOW_OFLAG_COPIED
     )
     entries = entries.astype(">u8").reshape(-1, l2_entries)
-    first_table = first // l2_entries
     for index, row in enumerate(entries):
         if row.any():
             offset = int(table_cluster[first_table + index]) << cluster_bits
