@@ -216,21 +216,15 @@ def _l2_offsets(l1: np.ndarray) -> np.ndarray:
 
 
 def _count_l1(walk: Walk, tables: list, active: bool = True) -> l1l2.L2Tables:
-    offsets, weights, where = [], [], []
+    found, names = [], []
     for table, table_offset, weight, name in tables:
         if table.size == 0:
             continue
-        if not walk.count_region(
-            table_offset, 8 * table.size, name, weight, "l1-table"
-        ):
+        if not walk.count_region(table_offset, 8 * table.size, name, weight, "l1-table"):
             continue
-        l2, index, weight_each = l1l2.check_l1(
-            walk, table, table_offset, weight, active, name
-        )
-        offsets.append(l2)
-        weights.append(weight_each)
-        where.append([f"{name} index {i}" for i in index.tolist()])
-    return l1l2.merge(offsets, weights, where)
+        found.append(l1l2.check_l1(walk, table, table_offset, weight, active, name))
+        names.append(name)
+    return l1l2.merge(found, names)
 
 
 def _count_overflow(walk: Walk) -> None:
@@ -238,6 +232,7 @@ def _count_overflow(walk: Walk) -> None:
     counts = walk.counts.array
     if int(counts.max(initial=0)) <= walk.refcount_max:
         return
+    walk.overflow = True
     over = np.flatnonzero(counts > walk.refcount_max)
     excess = counts[over].astype(np.int64) - walk.refcount_max
     walk.corruptions += int(excess.sum())

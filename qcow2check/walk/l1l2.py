@@ -15,7 +15,7 @@ from .. import layout
 from .l2entries import Batch
 from .refcounts import refcount_is_one
 from .state import Walk
-from .tables import RUN_BYTES, read_run, runs
+from .tables import RUN_BYTES, batches, read_u64_tables
 
 U = np.uint64
 COPIED = U(layout.QCOW_OFLAG_COPIED)
@@ -31,13 +31,19 @@ ALL_ALLOC = U(layout.QCOW_L2_BITMAP_ALL_ALLOC)
 class L2Tables:
     """Distinct L2 tables to read, how often each is reached, and from where."""
 
-    def __init__(self, offsets: np.ndarray, weights: np.ndarray, where: list[str]):
+    def __init__(self, offsets, weights, sources, indices, names: list[str]):
         self.offsets = offsets
         self.weights = weights
-        self.where = where
+        self.sources = sources
+        self.indices = indices
+        self.names = names
 
     def describe(self, index: int) -> str:
-        return f"L2 table at {int(self.offsets[index]):#x} ({self.where[index]})"
+        source = self.names[int(self.sources[index])]
+        return (
+            f"L2 table at {int(self.offsets[index]):#x} ({source} index "
+            f"{int(self.indices[index])})"
+        )
 
 
 def check_l1(
@@ -116,39 +122,36 @@ def check_l1(
     return l2[keep], used[keep], np.full(int(keep.sum()), weight, dtype=np.int64)
 
 
-def merge(
-    offsets: list[np.ndarray], weights: list[np.ndarray], where: list[list[str]]
-) -> L2Tables:
-    """Deduplicate L2 table offsets, adding up how often each is reached."""
-    if not offsets:
-        return L2Tables(np.zeros(0, np.uint64), np.zeros(0, np.int64), [])
-    all_offsets = np.concatenate(offsets)
-    all_weights = np.concatenate(weights)
-    labels = [label for group in where for label in group]
-    unique, first, inverse = np.unique(
-        all_offsets, return_index=True, return_inverse=True
-    )
-    total = np.bincount(inverse, weights=all_weights).astype(np.int64)
-    return L2Tables(unique, total, [labels[i] for i in first.tolist()])
+def merge(found: list[tuple[np.ndarray, np.ndarray, np.ndarray]], names) -> L2Tables:
+    """Deduplicate L2 table offsets, adding up how often each is reached.
+
+    ``found`` holds (offsets, L1 indices, weights) per L1 table named in ``names``.
+    """
+    if not found:
+        empty = np.zeros(0, np.int64)
+        return L2Tables(empty.astype(np.uint64), empty, empty, empty, [])
+    offsets = np.concatenate([part[0] for part in found])
+    indices = np.concatenate([part[1] for part in found])
+    weights = np.concatenate([part[2] for part in found])
+    sources = np.repeat(np.arange(len(found)), [part[0].size for part in found])
+    unique, first, inverse = np.unique(offsets, return_index=True, return_inverse=True)
+    total = np.bincount(inverse, weights=weights, minlength=unique.size).astype(np.int64)
+    return L2Tables(unique, total, sources[first], indices[first], names)
 
 
 def walk_l2(walk: Walk, tables: L2Tables, active: bool, done: int, total: int) -> int:
     """Read and check every L2 table; returns the progress count reached."""
     header = walk.header
-    entry_size = layout.L2E_SIZE_EXTENDED if header.extended_l2 else 8
-    per_run = max(1, RUN_BYTES // walk.cluster_size)
-    for part in runs(tables.offsets, walk.cluster_size, per_run):
+    cluster_size = walk.cluster_size
+    per_batch = max(1, RUN_BYTES // cluster_size)
+    for part in batches(tables.offsets, per_batch):
         count = part.stop - part.start
-        data = read_run(
-            walk.image, int(tables.offsets[part.start]), count, walk.cluster_size
-        )
-        words = np.frombuffer(data, ">u8").astype(np.uint64)
-        words = words.reshape(count, walk.cluster_size // 8)
+        words = read_u64_tables(walk.image, tables.offsets[part], cluster_size)
         weights = tables.weights[part]
         for weight in np.unique(weights).tolist():
             rows = np.flatnonzero(weights == weight)
             chosen = words if rows.size == count else words[rows]
-            if entry_size == 16:
+            if header.extended_l2:
                 entries, bitmaps = chosen[:, 0::2], chosen[:, 1::2]
             else:
                 entries, bitmaps = chosen, None

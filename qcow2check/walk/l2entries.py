@@ -13,7 +13,7 @@ import numpy as np
 from .. import layout
 from . import compressed
 from .refcounts import refcount_is_one
-from .state import FLAG_METADATA, Walk, get_flags
+from .state import FLAG_METADATA, Walk
 
 U = np.uint64
 COPIED = U(layout.QCOW_OFLAG_COPIED)
@@ -59,6 +59,13 @@ class Batch:
         walk = self.walk
         entries = self.entries
         extended = self.bitmaps is not None
+
+        # Most tables hold only unallocated entries and aligned data clusters.
+        special = COMPRESSED | L2_RESERVED | ZERO | U(walk.cluster_size - 512)
+        if not extended and not walk.data_file and not (entries & special).any():
+            offsets = entries & L2_OFFSET
+            self._check_normal(offsets != 0, offsets, None, aligned=True)
+            return
 
         compressed_mask = (entries & COMPRESSED) != 0
         any_compressed = bool(compressed_mask.any())
@@ -123,7 +130,7 @@ class Batch:
         if any_compressed:
             compressed.check_entries(self, np.flatnonzero(compressed_mask))
 
-    def _check_normal(self, normal, offsets, zero) -> None:
+    def _check_normal(self, normal, offsets, zero, aligned: bool = False) -> None:
         walk = self.walk
         entries = self.entries
         cluster_size = walk.cluster_size
@@ -141,8 +148,8 @@ class Batch:
         def at(p):
             return p if positions is None else positions[p]
 
-        unaligned = (found & U(cluster_size - 1)) != 0
-        if unaligned.any():
+        unaligned = None if aligned else (found & U(cluster_size - 1)) != 0
+        if unaligned is not None and unaligned.any():
             bad = np.flatnonzero(unaligned)
             chosen = at(bad)
             if self.bitmaps is not None:
@@ -206,9 +213,9 @@ class Batch:
     def _count(self, positions, found, unaligned) -> None:
         walk = self.walk
         entries = self.entries if positions is None else self.entries[positions]
-        past = found >= U(walk.file_size)
         inside = None
-        if past.any():
+        if int(found.max()) >= walk.file_size:
+            past = found >= U(walk.file_size)
             bad = np.flatnonzero(past)
             chosen = bad if positions is None else positions[bad]
             self.report(
@@ -223,21 +230,22 @@ class Batch:
             inside = np.flatnonzero(~past)
             if self.active:
                 self._check_copied(chosen, entries[bad])
-            found, entries, unaligned = (
-                found[inside],
-                entries[inside],
-                unaligned[inside],
-            )
+            found, entries = found[inside], entries[inside]
+            if unaligned is not None:
+                unaligned = unaligned[inside]
+            if found.size == 0:
+                return
 
-        clusters = (found >> U(walk.cluster_bits)).astype(np.intp)
+        # Offsets are below 2**56: the int64 view needs no copy for indexing.
+        clusters = (found >> U(walk.cluster_bits)).view(np.int64)
         walk.counts.add(clusters, self.weight)
-        if unaligned.any():
+        if unaligned is not None and unaligned.any():
             walk.counts.add(clusters[unaligned] + 1, self.weight)
 
-        flags = get_flags(walk.flags, clusters)
+        flags = walk.flags[clusters]
         if self.active:
-            expected = (entries >> U(63)).astype(np.uint8)
-            odd = np.flatnonzero(flags != expected)
+            copied = (entries >= COPIED).view(np.uint8)
+            odd = np.flatnonzero(flags != copied)
         else:
             odd = np.flatnonzero(flags & FLAG_METADATA)
         if odd.size == 0:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .state import FLAG_METADATA, Walk, set_flags
+from .state import FLAG_METADATA, Walk, set_flag_at
 
 HEADER = "the header cluster"
 ACTIVE_L1 = "the active L1 table"
@@ -79,9 +79,7 @@ class Registry:
             np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         )
 
-        marks = np.zeros(len(walk.flags) * 4, dtype=bool)
-        marks[clusters] = True
-        set_flags(walk.flags, 0, marks, FLAG_METADATA)
+        set_flag_at(walk.flags, clusters, FLAG_METADATA)
 
         order = np.lexsort((self.kind[owner], clusters))
         clusters, owner = clusters[order], owner[order]

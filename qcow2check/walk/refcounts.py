@@ -11,8 +11,14 @@ from __future__ import annotations
 import numpy as np
 
 from .. import layout, limits
-from .state import FLAG_REFCOUNT_ONE, Walk, set_flags
-from .tables import INT64_MAX, RUN_BYTES, decode_refcounts, read_run, read_u64_table
+from .state import FLAG_REFCOUNT_ONE, Walk, get_flags, set_flags
+from .tables import (
+    INT64_MAX,
+    RUN_BYTES,
+    decode_refcounts,
+    read_tables,
+    read_u64_table,
+)
 
 # Leaked clusters named in the one leaked-clusters finding.
 LEAKS_NAMED = 8
@@ -42,30 +48,29 @@ class StoredRefcounts:
     def block_runs(self, last_block: int):
         """Yield (first block index, block count, refcounts) over valid blocks.
 
-        Blocks neighbouring in the refcount table and in the file are read at once.
+        Blocks with neighbouring refcount table indices are decoded together.
         """
         cluster_size = self.walk.cluster_size
         per_run = max(1, RUN_BYTES // cluster_size)
         index = np.flatnonzero(self.state[:last_block] == VALID)
         if index.size == 0:
             return
-        offsets = self.offsets[index]
         follows = np.zeros(index.size, dtype=bool)
-        follows[1:] = (np.diff(index) == 1) & (
-            np.diff(offsets.astype(np.int64)) == cluster_size
-        )
+        follows[1:] = np.diff(index) == 1
         starts = np.flatnonzero(~follows).tolist() + [index.size]
         for begin, end in zip(starts[:-1], starts[1:], strict=True):
             for chunk in range(begin, end, per_run):
-                count = min(per_run, end - chunk)
-                data = read_run(
-                    self.walk.image, int(offsets[chunk]), count, cluster_size
-                )
-                yield (
-                    int(index[chunk]),
-                    count,
-                    decode_refcounts(data, self.refcount_order),
-                )
+                stop = min(chunk + per_run, end)
+                offsets = self.offsets[index[chunk:stop]]
+                order = np.argsort(offsets, kind="stable")
+                data = read_tables(self.walk.image, offsets[order], cluster_size)
+                values = decode_refcounts(data, self.refcount_order)
+                if (order[1:] < order[:-1]).any():
+                    blocks = values.reshape(order.size, -1)
+                    values = np.empty_like(blocks)
+                    values[order] = blocks
+                    values = values.reshape(-1)
+                yield int(index[chunk]), stop - chunk, values
 
     def lookup(self, clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Stored refcounts of any clusters, and whether each could be read."""
@@ -78,16 +83,32 @@ class StoredRefcounts:
             if state == UNREADABLE:
                 known[here] = False
             elif state == VALID:
-                data = read_run(
-                    self.walk.image,
-                    int(self.offsets[block]),
-                    1,
-                    self.walk.cluster_size,
+                data = read_tables(
+                    self.walk.image, self.offsets[block : block + 1], self.walk.cluster_size
                 )
                 block_values = decode_refcounts(data, self.refcount_order)
                 inside = clusters[here] & (self.block_entries - 1)
                 values[here] = block_values[inside]
         return values, known
+
+    def is_one(self, clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Whether each stored refcount is 1, and whether it could be read."""
+        clusters = clusters.astype(np.int64)
+        flagged = clusters < len(self.walk.flags)
+        one = np.zeros(clusters.size, dtype=bool)
+        known = np.ones(clusters.size, dtype=bool)
+        inside = clusters[flagged]
+        one[flagged] = get_flags(self.walk.flags, inside) & FLAG_REFCOUNT_ONE != 0
+        blocks = inside >> self.block_bits
+        in_table = blocks < self.state.size
+        state = np.full(blocks.size, ZERO, dtype=np.uint8)
+        state[in_table] = self.state[blocks[in_table]]
+        known[flagged] = state != UNREADABLE
+        if not flagged.all():
+            values, readable = self.lookup(clusters[~flagged])
+            one[~flagged] = values == 1
+            known[~flagged] = readable
+        return one, known
 
 
 def read_stored(walk: Walk) -> None:
@@ -108,8 +129,8 @@ def read_stored(walk: Walk) -> None:
     stored = StoredRefcounts(walk, reftable)
     walk.stored = stored
 
-    last_block = -(-len(walk.flags) * 4 // stored.block_entries)
-    for first_block, count, values in stored.block_runs(last_block):
+    last_block = -(-len(walk.flags) // stored.block_entries)
+    for first_block, _count, values in stored.block_runs(last_block):
         set_flags(
             walk.flags,
             first_block * stored.block_entries,
@@ -171,7 +192,7 @@ def count_refblocks(walk: Walk) -> None:
     group_start = np.maximum.accumulate(group_start)
     rank = np.empty(ordered.size, dtype=np.int64)
     rank[order] = np.arange(ordered.size) - group_start
-    seen = np.minimum(before + rank + 1, walk.refcount_max)
+    seen = np.minimum(before + rank + 1, min(walk.refcount_max, 1 << 62))
     bad = np.flatnonzero(seen != 1)
     walk.corruptions += bad.size
     for position in bad[: walk.rec.take("refcount", bad.size, severity)].tolist():
@@ -243,15 +264,17 @@ class _Tally:
 
     def compare(self, start, values, computed, sparse: bool = False) -> None:
         walk = self.walk
-        computed = np.minimum(computed.astype(np.uint64), np.uint64(walk.refcount_max))
-        values = values.astype(np.uint64)
+        # Mixed dtypes compare without full-size copies: numpy casts in chunks.
+        if walk.overflow:
+            computed = np.minimum(computed, walk.refcount_max)
 
         def cluster_of(position: int) -> int:
             return int(start[position]) if sparse else start + position
 
-        used = np.flatnonzero((values > 0) | (computed > 0))
-        if used.size:
-            self.highest = max(self.highest, cluster_of(int(used[-1])))
+        used = (values != 0) | (computed != 0)
+        if used.any():
+            last = used.size - 1 - int(np.argmax(used[::-1]))
+            self.highest = max(self.highest, cluster_of(last))
 
         low = np.flatnonzero(values < computed)
         high = np.flatnonzero(values > computed)
@@ -292,6 +315,4 @@ class _Tally:
 
 def refcount_is_one(walk: Walk, clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Whether each cluster's stored refcount is 1, and whether it could be read."""
-    stored = walk.stored
-    values, known = stored.lookup(clusters)
-    return values == 1, known
+    return walk.stored.is_one(clusters)

@@ -125,6 +125,8 @@ class Walk:
         # (qcow2_inc_refcounts_imrt), so one more counter than there are clusters.
         self.counts = Counts(self.file_clusters + 1, self.cluster_bits)
         self.refcount_max = (1 << header.refcount_bits) - 1
+        # Set when some cluster is referenced more often than a refcount can say.
+        self.overflow = False
         self.data_file = header.has_data_file
 
         self.corruptions = 0
@@ -137,9 +139,10 @@ class Walk:
         # Refcount mismatches on a dirty image are repaired by QEMU on open.
         self.refcount_severity = WARNING if header.dirty else ERROR
 
-        # Two bits per cluster: FLAG_REFCOUNT_ONE (the stored refcount is 1, for
-        # the COPIED check) and FLAG_METADATA (a table lives there, for overlaps).
-        self.flags = np.zeros((self.file_clusters + 4) // 4, dtype=np.uint8)
+        # Per cluster: FLAG_REFCOUNT_ONE (the stored refcount is 1, for the COPIED
+        # check) and FLAG_METADATA (a table lives there, for overlaps). One byte
+        # each: a single gather per L2 entry checks both.
+        self.flags = np.zeros(self.file_clusters + 1, dtype=np.uint8)
         self.stored = None
         self.registry = None
         self.decoder = None
@@ -173,18 +176,17 @@ class Walk:
 
 
 def set_flags(flags: np.ndarray, first: int, values: np.ndarray, flag: int) -> None:
-    """OR ``flag`` into the clusters from ``first`` (a multiple of 4) where set."""
-    end = min(len(values), len(flags) * 4 - first)
-    if end <= 0:
-        return
-    bits = np.zeros(-(-end // 4) * 4, dtype=np.uint8)
-    bits[:end] = values[:end] != 0
-    bits = bits.reshape(-1, 4) * flag
-    packed = bits[:, 0] | bits[:, 1] << 2 | bits[:, 2] << 4 | bits[:, 3] << 6
-    flags[first // 4 : first // 4 + len(packed)] |= packed
+    """OR ``flag`` into the clusters from ``first`` where ``values`` is true."""
+    end = min(len(values), len(flags) - first)
+    if end > 0:
+        flags[first : first + end] |= values[:end].astype(np.uint8) * np.uint8(flag)
+
+
+def set_flag_at(flags: np.ndarray, clusters: np.ndarray, flag: int) -> None:
+    """OR ``flag`` into each of ``clusters`` (below ``len(flags)``)."""
+    flags[clusters] |= np.uint8(flag)
 
 
 def get_flags(flags: np.ndarray, clusters: np.ndarray) -> np.ndarray:
-    """The two flag bits of each cluster (all below ``len(flags) * 4``)."""
-    shift = ((clusters & 3) << 1).astype(np.uint8)
-    return (flags[clusters >> 2] >> shift) & 3
+    """The flag bits of each cluster (all below ``len(flags)``)."""
+    return flags[clusters]

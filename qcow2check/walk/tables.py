@@ -18,7 +18,7 @@ from ..image import ImageFile
 # One read and one numpy batch covers at most this many bytes: large enough that a
 # run of 4 KiB L2 tables costs a handful of Python steps, small enough that the
 # temporaries of a batch stay in the CPU cache and the peak memory stays low.
-RUN_BYTES = 2 << 20
+RUN_BYTES = 1 << 20
 
 INT64_MAX = (1 << 63) - 1
 
@@ -41,23 +41,46 @@ def read_u64_table(image: ImageFile, offset: int, entries: int) -> np.ndarray:
     return np.frombuffer(data, ">u8").astype(np.uint64)
 
 
-def runs(offsets: np.ndarray, length: int, max_items: int) -> Iterator[slice]:
-    """Split sorted ``offsets`` into slices of neighbours ``length`` bytes apart.
+def batches(offsets: np.ndarray, max_items: int) -> Iterator[slice]:
+    """Split ``offsets`` into slices of up to ``max_items`` tables to check at once."""
+    for start in range(0, len(offsets), max_items):
+        yield slice(start, min(start + max_items, len(offsets)))
 
-    Offsets that are not multiples of ``length`` (an unaligned table) always stand
-    alone, so every run is one contiguous aligned read.
-    """
-    count = len(offsets)
-    if count == 0:
-        return
+
+def _run_bounds(offsets: np.ndarray, length: int) -> list[int]:
+    """Indices where a new run of neighbouring aligned tables starts, and the end."""
     aligned = offsets % length == 0
-    follows = np.zeros(count, dtype=bool)
+    follows = np.zeros(len(offsets), dtype=bool)
     follows[1:] = (np.diff(offsets) == length) & aligned[1:] & aligned[:-1]
-    starts = np.flatnonzero(~follows).tolist()
-    starts.append(count)
-    for begin, end in zip(starts[:-1], starts[1:], strict=True):
-        for chunk in range(begin, end, max_items):
-            yield slice(chunk, min(chunk + max_items, end))
+    return [*np.flatnonzero(~follows).tolist(), len(offsets)]
+
+
+def read_tables(image: ImageFile, offsets: np.ndarray, length: int) -> bytearray:
+    """Read the tables at sorted ``offsets`` back to back, neighbours at once."""
+    out = bytearray(len(offsets) * length)
+    view = memoryview(out)
+    bounds = _run_bounds(offsets, length)
+    for begin, end in zip(bounds[:-1], bounds[1:], strict=True):
+        first = int(offsets[begin])
+        if first >= image.size or first > INT64_MAX - (end - begin) * length:
+            continue
+        data = image.read_at(first, (end - begin) * length)
+        view[begin * length : begin * length + len(data)] = data
+    return out
+
+
+def read_u64_tables(image: ImageFile, offsets: np.ndarray, length: int) -> np.ndarray:
+    """Read the tables at sorted ``offsets``, decoded to native uint64 rows."""
+    out = np.zeros((len(offsets), length // 8), dtype=np.uint64)
+    bounds = _run_bounds(offsets, length)
+    for begin, end in zip(bounds[:-1], bounds[1:], strict=True):
+        first = int(offsets[begin])
+        if first >= image.size or first > INT64_MAX - (end - begin) * length:
+            continue
+        data = image.read_at(first, (end - begin) * length)
+        words = np.frombuffer(data, ">u8", count=len(data) // 8)
+        out.reshape(-1)[begin * length // 8 : begin * length // 8 + words.size] = words
+    return out
 
 
 def read_run(image: ImageFile, first: int, count: int, length: int) -> bytes:
