@@ -9,6 +9,7 @@ user has to supply.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from qcow2check import validate
+from qcow2check import fixes, validate
 from qcow2check.cli import main
 
 from .conftest import error_rules
@@ -85,7 +86,7 @@ def run_fix(command: str, path: str, passphrase: Path | None = None) -> str:
         output = argv[-1]
         assert output != path and Path(output).is_file()
         return output
-    assert path in argv
+    assert os.path.normpath(path) in map(os.path.normpath, argv)
     return path
 
 
@@ -301,6 +302,8 @@ def test_dirty_and_corrupt_bits_repaired_in_place(workdir, bits, rules):
 
 
 QEMU_READS_AS_OPTION_OR_PROTOCOL = pytest.mark.xfail(
+    # Turns itself off once fixes.py puts "./" before such names.
+    "./" not in fixes.resize("a:b.qcow2", GB, shrink=False),
     strict=True,
     reason="fixes.py passes the name as is: qemu-img reads a leading '-' as an "
     "option and 'name:' before the first '/' as a protocol; './' prevents both",
