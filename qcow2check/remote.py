@@ -339,7 +339,7 @@ class _S3Object:
         )
         # A boto3 session is not thread-safe, and the CLI checks images in threads.
         with self._errors(), _SESSION_LOCK:
-            session = _boto3_session(boto3, settings)
+            session = _boto3_session(boto3.session.Session, settings)
             region = session.region_name or _scaleway_region(endpoint_url)
             self._client = session.client(
                 "s3", endpoint_url=endpoint_url, region_name=region, config=config
@@ -420,10 +420,10 @@ class _S3Object:
 
 
 @functools.lru_cache(maxsize=4)
-def _boto3_session(boto3, settings: tuple[tuple[str, str], ...]):
+def _boto3_session(session_type: type, settings: tuple[tuple[str, str], ...]):
     """One session per set of AWS_* variables: making a client parses botocore's S3
     model (about 0.1 s), which only the first client of a session pays for."""
-    return boto3.session.Session()
+    return session_type()
 
 
 def _s3_reason(response: dict) -> str:
