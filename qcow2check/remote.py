@@ -12,23 +12,24 @@ go through ``urllib.request``. Nothing is ever written.
 from __future__ import annotations
 
 import functools
-import http.client
 import logging
 import os
 import re
-import socket
-import ssl
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import ImageReadError
+
+if TYPE_CHECKING:
+    from urllib.error import HTTPError
+
+# The network modules are imported where they are used: a check of a local file,
+# which pre-commit runs on every commit, does not pay for them.
 
 log = logging.getLogger(__name__)
 
@@ -255,6 +256,10 @@ class _HttpObject:
         """Nothing to close: every GET has its own connection."""
 
     def _get_once(self, start: int, stop: int) -> tuple[bytes, int, int]:
+        import http.client
+        import urllib.error
+        import urllib.request
+
         request = urllib.request.Request(
             self._url,
             headers={"Range": f"bytes={start}-{stop - 1}", "User-Agent": "qcow2check"},
@@ -291,7 +296,9 @@ class _HttpObject:
             )
         return data, first, size
 
-    def _http_error(self, error: urllib.error.HTTPError) -> ImageReadError | _Transient:
+    def _http_error(self, error: HTTPError) -> ImageReadError | _Transient:
+        import http.client
+
         reason = HTTP_REASONS.get(error.code, error.reason or "error")
         # S3-compatible servers say why in a small XML body.
         try:
@@ -442,6 +449,10 @@ def _connection_failure(
     name: str, cause: BaseException | str
 ) -> ImageReadError | _Transient:
     """An error below HTTP: an ImageReadError, or a _Transient worth a retry."""
+    import http.client
+    import socket
+    import ssl
+
     if isinstance(cause, str):
         return ImageReadError(name, cause)
     if isinstance(cause, ConnectionRefusedError):
