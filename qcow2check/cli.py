@@ -241,7 +241,9 @@ def _print_document(reports, errors, output_format: str) -> None:
     elif output_format == "github":
         from .ci_formats import format_github
 
-        click.echo(format_github(reports, errors), nl=False)
+        text = format_github(reports, errors)
+        if text:
+            click.echo(text, nl=False)
     elif output_format == "sarif":
         from .ci_formats import format_sarif
 

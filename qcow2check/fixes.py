@@ -10,6 +10,15 @@ import os
 import shlex
 
 
+def _arg(path: str) -> str:
+    """A path as one qemu-img argument. A relative path that starts with "-" would
+    be read as an option, and one with "name:" before its first "/" as a protocol:
+    "./" in front keeps both a file name."""
+    if not os.path.isabs(path) and (path.startswith("-") or ":" in path.split("/")[0]):
+        path = "./" + path
+    return shlex.quote(path)
+
+
 def output_path(path: str, suffix: str) -> str:
     root, _ = os.path.splitext(path)
     return f"{root}-{suffix}.qcow2"
@@ -19,10 +28,7 @@ def convert(path: str, suffix: str, source_format: str = "qcow2") -> str:
     """A plain copy into a fresh QCOW2 file: zlib, no backing file, no data file,
     no internal snapshots, no encryption."""
     target = output_path(path, suffix)
-    return (
-        f"qemu-img convert -f {source_format} -O qcow2 "
-        f"{shlex.quote(path)} {shlex.quote(target)}"
-    )
+    return f"qemu-img convert -f {source_format} -O qcow2 {_arg(path)} {_arg(target)}"
 
 
 def decrypt(path: str) -> str:
@@ -36,21 +42,19 @@ def decrypt(path: str) -> str:
     target = output_path(path, "decrypted")
     return (
         "qemu-img convert --object secret,id=sec0,file=PASSPHRASE_FILE "
-        f"--image-opts {shlex.quote(image_opts)} -O qcow2 {shlex.quote(target)}"
+        f"--image-opts {shlex.quote(image_opts)} -O qcow2 {_arg(target)}"
     )
 
 
 def resize(path: str, new_size: int, shrink: bool) -> str:
     option = "--shrink " if shrink else ""
-    return f"qemu-img resize {option}{shlex.quote(path)} {new_size}"
+    return f"qemu-img resize {option}{_arg(path)} {new_size}"
 
 
 def repair(path: str) -> str:
-    return f"qemu-img check -r all {shlex.quote(path)}"
+    return f"qemu-img check -r all {_arg(path)}"
 
 
 def fill(template: str, path: str) -> str:
     """Fill a command template's ``{path}`` and ``{output}`` with quoted paths."""
-    return template.format(
-        path=shlex.quote(path), output=shlex.quote(output_path(path, "converted"))
-    )
+    return template.format(path=_arg(path), output=_arg(output_path(path, "converted")))
