@@ -194,3 +194,25 @@ def test_python_dash_m_runs_the_same_command(images):
     )
     assert result.returncode == 1
     assert "[encrypted]" in result.stdout
+
+
+def test_github_format_annotates_each_finding(images):
+    result = run("--quick", "--format", "github", images["encrypted"], images["good"])
+
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    errors = [line for line in lines if line.startswith("::error ")]
+    assert len(errors) == 1
+    assert f"file={images['encrypted']}" in errors[0]
+    assert "The provided QCOW2 file is encrypted" in errors[0]
+
+
+def test_sarif_format_has_one_result_per_finding(images):
+    result = run("--quick", "--format", "sarif", images["encrypted"], images["huge"])
+
+    document = json.loads(result.output)
+    results = document["runs"][0]["results"]
+    assert sorted(r["ruleId"] for r in results if r["level"] == "error") == [
+        "encrypted",
+        "virtual-size",
+    ]
