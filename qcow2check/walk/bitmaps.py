@@ -8,7 +8,6 @@ the directory when it opens an image, so every problem here is one it refuses.
 from __future__ import annotations
 
 import struct
-from functools import cache
 
 import numpy as np
 
@@ -20,9 +19,9 @@ SIZES = struct.Struct(">18xHI")
 BME_RESERVED_FLAGS = 0xFFFFFFFF & ~(layout.BME_FLAG_IN_USE | layout.BME_FLAG_AUTO)
 
 
-@cache
 def _entry_parser():
-    return layout.bitmap_directory_entry.compile().parse
+    # The padding's size is a lambda, which construct cannot compile.
+    return layout.bitmap_directory_entry.parse
 
 
 class Bitmap:

@@ -147,25 +147,40 @@ def _decode_zlib(data: bytes, cluster_size: int) -> str | None:
 
 
 def _decode_zstd(data: bytes, cluster_size: int) -> str | None:
-    # A stream reader bounds the output: a frame header may claim any size.
-    reader = zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=True)
-    got = 0
+    # Stream readers bound the output: a frame header may claim any size. QEMU
+    # writes one frame per cluster, which must end exactly at the cluster's end;
+    # the bytes after it may be the next cluster's frame.
+    decompressor = zstandard.ZstdDecompressor()
     try:
-        while got < cluster_size:
-            piece = reader.read(cluster_size - got)
-            if not piece:
-                break
-            got += len(piece)
+        # One read stops at the end of the first frame.
+        first = len(
+            decompressor.stream_reader(data, read_across_frames=False).read(
+                cluster_size + 1
+            )
+        )
+        if first == cluster_size:
+            return None
+        if first > cluster_size:
+            return "zstd frame holds more than one cluster"
+        # Several frames (qcow2_zstd_decompress accepts them): read across them.
+        reader = decompressor.stream_reader(data, read_across_frames=True)
+        got = len(_read_up_to(reader, cluster_size))
     except zstandard.ZstdError as error:
         return f"zstd error: {error}"
     if got != cluster_size:
         return f"zstd data ends after {got} bytes"
-    try:
-        if reader.read(1):
-            return "zstd data holds more than one cluster"
-    except zstandard.ZstdError:
-        pass
     return None
+
+
+def _read_up_to(reader, size: int) -> bytes:
+    parts, got = [], 0
+    while got < size:
+        piece = reader.read(size - got)
+        if not piece:
+            break
+        parts.append(piece)
+        got += len(piece)
+    return b"".join(parts)
 
 
 def _decode_job(decode, data: bytes, spans: list, cluster_size: int) -> list:

@@ -8,7 +8,6 @@ Mirrors ``qcow2_do_read_snapshots`` and ``qcow2_check_read_snapshot_table``
 from __future__ import annotations
 
 import struct
-from functools import cache
 
 from .. import layout, limits
 from .state import Walk
@@ -19,9 +18,9 @@ SIZES = struct.Struct(">12xHH20xI")
 WINDOW = 1 << 20
 
 
-@cache
 def _entry_parser():
-    return layout.snapshot_table_entry.compile().parse
+    # The padding's size is a lambda, which construct cannot compile.
+    return layout.snapshot_table_entry.parse
 
 
 class Snapshot:
