@@ -324,9 +324,9 @@ class _S3Object:
 
     def __init__(self, url: str, endpoint_url: str | None) -> None:
         self._url = url
-        parts = urlsplit(url)
-        self._bucket, self._key = parts.netloc, parts.path[1:]
-        if not self._bucket or not self._key or parts.query or parts.fragment:
+        # The key is taken literally, "?" and "#" included, as the aws CLI takes it.
+        self._bucket, _, self._key = url[len("s3://") :].partition("/")
+        if not self._bucket or not self._key:
             raise ImageReadError(url, "expected s3://BUCKET/KEY")
         try:
             import boto3

@@ -190,6 +190,17 @@ def test_aws_endpoint_url_in_the_environment_is_honoured(aws, monkeypatch):
         assert image.size == (SAMPLES / "ok-v3.qcow2").stat().st_size
 
 
+def test_key_is_taken_literally(aws):
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=aws)
+    client.put_object(Bucket=BUCKET, Key="odd?name#1.qcow2", Body=b"QFI\xfb")
+    client.close()
+
+    with open_remote(f"s3://{BUCKET}/odd?name#1.qcow2", endpoint_url=aws) as image:
+        assert image.read_at(0, 8) == b"QFI\xfb"
+
+
 def test_an_empty_object_has_size_0(aws):
     with open_remote(f"s3://{BUCKET}/empty.img", endpoint_url=aws) as image:
         assert (image.size, image.read_at(0, 512), image.bytes_read) == (0, b"", 0)
