@@ -121,10 +121,13 @@ class Finding:
 class Report:
     """The verdict on one image: what was parsed, and every finding."""
 
-    __slots__ = ("path", "level", "info", "findings")
+    __slots__ = ("path", "fix_path", "level", "info", "findings")
 
-    def __init__(self, path: str, level: str) -> None:
+    def __init__(self, path: str, level: str, fix_path: str | None = None) -> None:
         self.path = path
+        # The file the fix commands name: for an object in a bucket, the copy
+        # a download would make, since qemu-img cannot open the URL.
+        self.fix_path = fix_path or path
         self.level = level
         self.info: dict = {}
         self.findings: list[Finding] = []

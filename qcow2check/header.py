@@ -192,10 +192,10 @@ def _identify_other_format(image: ImageFile, head: bytes, report: Report) -> Non
     command_start = "qemu-img convert -f "
     if found.advice and command_start in found.advice:
         prose, _, command = found.advice.partition(command_start)
-        fix = fixes.fill(command_start + command, report.path)
+        fix = fixes.fill(command_start + command, report.fix_path)
         message += f"; {prose.rstrip(': ')}"
     elif found.advice:
-        message += f"; {fixes.fill(found.advice, report.path)}"
+        message += f"; {fixes.fill(found.advice, report.fix_path)}"
     report.add("not-qcow2", message, offset=found.offset, fix=fix)
 
 
@@ -205,7 +205,7 @@ def _unsupported_version(head: bytes, version: int, report: Report) -> None:
         if len(head) >= layout.header_v1.sizeof():
             fields = layout.header_v1.parse(head)
             report.info["virtual_size"] = fields.size
-        fix = fixes.convert(report.path, "v3", source_format="qcow")
+        fix = fixes.convert(report.fix_path, "v3", source_format="qcow")
     else:
         what = f"QCOW version {version}, which no QEMU release knows"
         fix = None
@@ -528,7 +528,7 @@ def _check_features(header: Header, report: Report) -> None:
             "the corrupt bit (incompatible feature bit 1) is set: QEMU found "
             "inconsistent metadata and refuses to open the image for writing",
             79,
-            fix=fixes.repair(report.path),
+            fix=fixes.repair(report.fix_path),
         )
     if header.dirty:
         report.add(
@@ -536,7 +536,7 @@ def _check_features(header: Header, report: Report) -> None:
             "the dirty bit (incompatible feature bit 0) is set: the image was not "
             "closed cleanly and its refcounts may be stale",
             79,
-            fix=fixes.repair(report.path),
+            fix=fixes.repair(report.fix_path),
         )
 
     has_bit = header.incompatible(layout.QCOW2_INCOMPAT_COMPRESSION_BITNR)

@@ -27,7 +27,7 @@ def check_import_rules(
     size: int | None = None,
 ) -> None:
     """Add a finding for every import rule the image breaks."""
-    path = report.path
+    path = report.fix_path
 
     if header.crypt_method != layout.QCOW_CRYPT_NONE:
         method = {
@@ -127,7 +127,7 @@ def check_volume_size(
             f"the {what} {describe_size(checked)} is below the minimum "
             f"{describe_size(min_size)}",
             offset=24,
-            fix=fixes.resize(report.path, min_size, shrink=False),
+            fix=fixes.resize(report.fix_path, min_size, shrink=False),
         )
     elif checked > max_size:
         report.add(
@@ -136,5 +136,5 @@ def check_volume_size(
             f"{describe_size(max_size)}; shrink the partitions and file systems "
             "inside the guest first",
             offset=24,
-            fix=fixes.resize(report.path, max_size, shrink=True),
+            fix=fixes.resize(report.fix_path, max_size, shrink=True),
         )

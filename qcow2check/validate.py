@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
+import urllib.parse
 from collections.abc import Iterable
 from typing import BinaryIO
 
@@ -12,6 +14,7 @@ from .header import read_header
 from .image import ImageFile
 from .policy import DEFAULT_MAX_SIZE, DEFAULT_MIN_SIZE, SECTOR_SIZE, check_import_rules
 from .profiles import DEFAULT_PROFILE, PROFILES, apply_profile
+from .remote import is_remote_url, open_remote
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +22,6 @@ QUICK = "quick"
 METADATA = "metadata"
 DEEP = "deep"
 LEVELS = (QUICK, METADATA, DEEP)
-REMOTE_SCHEMES = ("s3://", "http://", "https://")
 
 
 def validate(
@@ -64,7 +66,7 @@ def validate(
         raise ValueError(f"unknown rule ids: {', '.join(sorted(unknown))}")
 
     with _open(source, endpoint_url) as image:
-        report = Report(image.name, level)
+        report = Report(image.name, level, _fix_path(source))
         _check(image, report, level, min_size, max_size, size, progress)
         report.info["bytes_read"] = image.bytes_read
     apply_profile(report, PROFILES[profile], frozenset(ignore), frozenset(warn))
@@ -78,13 +80,17 @@ def validate(
 
 
 def _open(source, endpoint_url: str | None):
-    if isinstance(source, str) and source.startswith(REMOTE_SCHEMES):
-        from .remote import open_remote
-
+    if is_remote_url(source):
         return open_remote(source, endpoint_url=endpoint_url)
     if isinstance(source, (str, os.PathLike)):
         return ImageFile.open(source)
     return ImageFile.wrap(source, getattr(source, "name", "<stream>"))
+
+
+def _fix_path(source) -> str | None:
+    if not is_remote_url(source):
+        return None
+    return posixpath.basename(urllib.parse.urlsplit(source).path) or "image.qcow2"
 
 
 def _check(image, report, level, min_size, max_size, size, progress) -> None:

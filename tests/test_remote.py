@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import inspect
 import socket
 import sys
 from pathlib import Path
-from types import SimpleNamespace
-from unittest import mock
 
 import pytest
 
@@ -32,18 +29,7 @@ validate_module = importlib.import_module("qcow2check.validate")
 
 
 def validate_url(url: str, endpoint_url: str | None = None, **options):
-    """``validate()`` on a URL, the way it will run once it opens URLs itself."""
-    if "endpoint_url" in inspect.signature(validate).parameters:
-        return validate(url, endpoint_url=endpoint_url, **options)
-
-    def open_url(source: str) -> RemoteImage:
-        return open_remote(source, endpoint_url=endpoint_url)
-
-    # Until then, it gets the RemoteImage where it would open a local path.
-    with mock.patch.object(
-        validate_module, "ImageFile", SimpleNamespace(open=open_url)
-    ):
-        return validate(url, **options)
+    return validate(url, endpoint_url=endpoint_url, **options)
 
 
 def same_verdict(remote_report, local_report) -> None:
@@ -334,6 +320,16 @@ def test_url_gets_the_verdict_of_the_local_file(sample_server, name, level):
     report = validate_url(sample_server.url(name), level=level)
 
     same_verdict(report, validate(SAMPLES / name, level=level))
+
+
+def test_fixes_of_a_url_name_the_downloaded_file(sample_server):
+    report = validate_url(sample_server.url("zstd-data.qcow2"), level="quick")
+
+    (finding,) = [f for f in report.findings if f.rule == "compression-type"]
+    assert (
+        finding.fix == "qemu-img convert -f qcow2 -O qcow2 zstd-data.qcow2 "
+        "zstd-data-zlib.qcow2"
+    )
 
 
 def test_quick_check_of_a_url_is_one_ranged_get():
