@@ -11,6 +11,7 @@ the data cluster at 0x50000.
 from __future__ import annotations
 
 import pytest
+
 from tests.qcow2_images import (
     assert_same_counts,
     image,

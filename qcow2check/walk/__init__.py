@@ -104,18 +104,21 @@ def _walk(walk: Walk) -> int:
 
     registry = walk.registry = metadata.Registry(walk)
     registry.add(0, cluster_size, metadata.HEADER)
-    registry.add(header.l1_table_offset, 8 * len(l1), metadata.ACTIVE_L1)
-    registry.add_many(_l2_offsets(l1), metadata.L2_TABLE)
+    if l1 is not None:
+        registry.add(header.l1_table_offset, 8 * header.l1_size, metadata.ACTIVE_L1)
+        registry.add_many(_l2_offsets(l1), metadata.L2_TABLE)
     registry.add(
         header.refcount_table_offset,
-        8 * walk.stored.reftable.size,
+        walk.stored.table_bytes,
         metadata.REFCOUNT_TABLE,
     )
     valid = walk.stored.state == refcounts.VALID
     registry.add_many(walk.stored.offsets[valid], metadata.REFCOUNT_BLOCK)
     registry.add(header.snapshots_offset, snapshots_size, metadata.SNAPSHOT_TABLE)
     for group, table in snapshot_l1s:
-        registry.add(group[0].l1_table_offset, 8 * len(table), metadata.SNAPSHOT_L1)
+        registry.add(
+            group[0].l1_table_offset, 8 * group[0].l1_size, metadata.SNAPSHOT_L1
+        )
         registry.add_many(_l2_offsets(table), metadata.L2_TABLE)
     crypto = header.crypto_header
     if crypto is not None:
@@ -137,11 +140,20 @@ def _walk(walk: Walk) -> int:
     walk.count_region(0, cluster_size, "the header cluster")
     if walk.deep:
         walk.decoder = compressed.Decoder(walk)
-    active = _count_l1(walk, [(l1, header.l1_table_offset, 1, "the active L1 table")])
+    l1_size = header.l1_size if l1 is not None else 0
+    active = _count_l1(
+        walk, [(l1, header.l1_table_offset, l1_size, 1, "the active L1 table")]
+    )
     inactive = _count_l1(
         walk,
         [
-            (table, group[0].l1_table_offset, len(group), _name(group))
+            (
+                table,
+                group[0].l1_table_offset,
+                group[0].l1_size,
+                len(group),
+                _name(group),
+            )
             for group, table in snapshot_l1s
         ],
         active=False,
@@ -155,7 +167,7 @@ def _walk(walk: Walk) -> int:
     walk.count_region(header.snapshots_offset, snapshots_size, "the snapshot table")
     walk.count_region(
         header.refcount_table_offset,
-        8 * walk.stored.reftable.size,
+        walk.stored.table_bytes,
         "the refcount table",
     )
     if crypto is not None and crypto.length:
@@ -168,7 +180,7 @@ def _walk(walk: Walk) -> int:
     return refcounts.compare(walk)
 
 
-def _read_l1(walk: Walk, offset: int, size: int, name: str) -> np.ndarray:
+def _read_l1(walk: Walk, offset: int, size: int, name: str) -> np.ndarray | None:
     if size > limits.QCOW_MAX_L1_SIZE // 8:
         walk.rec.add(
             "not-checked",
@@ -176,7 +188,7 @@ def _read_l1(walk: Walk, offset: int, size: int, name: str) -> np.ndarray:
             f"{limits.QCOW_MAX_L1_SIZE // 8}",
             offset,
         )
-        return np.zeros(0, np.uint64)
+        return None
     return read_u64_table(walk.image, offset, size)
 
 
@@ -217,11 +229,11 @@ def _l2_offsets(l1: np.ndarray) -> np.ndarray:
 
 def _count_l1(walk: Walk, tables: list, active: bool = True) -> l1l2.L2Tables:
     found, names = [], []
-    for table, table_offset, weight, name in tables:
-        if table.size == 0:
+    for table, table_offset, entries, weight, name in tables:
+        if entries == 0:
             continue
-        if not walk.count_region(table_offset, 8 * table.size, name, weight, "l1-table"):
-            continue
+        # QEMU reads and walks the table even when it runs past the end.
+        walk.count_region(table_offset, 8 * entries, name, weight, "l1-table")
         found.append(l1l2.check_l1(walk, table, table_offset, weight, active, name))
         names.append(name)
     return l1l2.merge(found, names)

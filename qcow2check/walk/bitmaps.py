@@ -53,6 +53,14 @@ def load(walk: Walk) -> list[Bitmap] | None:
         walk.check_errors += 1
         return None
 
+    if directory_offset + directory_size > walk.file_size:
+        # The missing bytes would read as zeros, which no entry survives.
+        return _refuse(
+            walk,
+            directory_offset,
+            f"the bitmap directory ({directory_size} bytes at {directory_offset:#x}) "
+            f"runs past the end of the file at {walk.file_size:#x}",
+        )
     directory = read_padded(walk.image, directory_offset, directory_size)
     bitmaps = []
     position = 0

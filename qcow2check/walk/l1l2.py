@@ -135,7 +135,9 @@ def merge(found: list[tuple[np.ndarray, np.ndarray, np.ndarray]], names) -> L2Ta
     weights = np.concatenate([part[2] for part in found])
     sources = np.repeat(np.arange(len(found)), [part[0].size for part in found])
     unique, first, inverse = np.unique(offsets, return_index=True, return_inverse=True)
-    total = np.bincount(inverse, weights=weights, minlength=unique.size).astype(np.int64)
+    total = np.bincount(inverse, weights=weights, minlength=unique.size).astype(
+        np.int64
+    )
     return L2Tables(unique, total, sources[first], indices[first], names)
 
 
@@ -144,10 +146,16 @@ def walk_l2(walk: Walk, tables: L2Tables, active: bool, done: int, total: int) -
     header = walk.header
     cluster_size = walk.cluster_size
     per_batch = max(1, RUN_BYTES // cluster_size)
-    for part in batches(tables.offsets, per_batch):
+    parts = list(batches(tables.offsets, per_batch))
+    if active and tables.offsets.size and tables.offsets[0] == 0:
+        # An L1 entry with reserved bits only names an L2 table at offset 0: QEMU
+        # walks it (check_refcounts_l1) but skips it in check_oflag_copied.
+        parts = [slice(0, 1), *batches(tables.offsets[1:], per_batch, start=1)]
+    for part in parts:
         count = part.stop - part.start
         words = read_u64_tables(walk.image, tables.offsets[part], cluster_size)
         weights = tables.weights[part]
+        copied = active and bool(tables.offsets[part.start])
         for weight in np.unique(weights).tolist():
             rows = np.flatnonzero(weights == weight)
             chosen = words if rows.size == count else words[rows]
@@ -155,9 +163,11 @@ def walk_l2(walk: Walk, tables: L2Tables, active: bool, done: int, total: int) -
                 entries, bitmaps = chosen[:, 0::2], chosen[:, 1::2]
             else:
                 entries, bitmaps = chosen, None
-            Batch(
+            batch = Batch(
                 walk, tables, part.start + rows, entries, bitmaps, weight, active
-            ).check()
+            )
+            batch.check_copied = copied
+            batch.check()
         done += count
         walk.tick(done, total)
     return done

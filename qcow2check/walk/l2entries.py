@@ -36,6 +36,7 @@ class Batch:
         self.per_table = entries.shape[1]
         self.weight = weight
         self.active = active
+        self.check_copied = active
         self.entry_size = 8 if bitmaps is None else 16
 
     def where(self, position: int) -> tuple[str, int]:
@@ -121,8 +122,8 @@ class Batch:
                     np.flatnonzero(wrong),
                     lambda p: (
                         "an unallocated cluster has allocation bits set in its "
-                        f"subcluster bitmap {int(self.bitmaps[p]):#x}; expected bits 0-31 "
-                        "clear"
+                        f"subcluster bitmap {int(self.bitmaps[p]):#x}; expected "
+                        "bits 0-31 clear"
                     ),
                 )
 
@@ -195,15 +196,15 @@ class Batch:
                 walk.fragmented_clusters += int(np.count_nonzero(breaks)) * self.weight
 
         if walk.data_file:
-            if self.active:
+            if self.check_copied:
                 copied = (entries if positions is None else entries[positions]) & COPIED
                 self.report(
                     "refcount",
                     at(np.flatnonzero(copied == 0)),
                     lambda p: (
                         "the COPIED flag (bit 63) is clear on a data cluster in "
-                        "an external data file, whose refcount is always 1; expected it "
-                        "set (QEMU: OFLAG_COPIED)"
+                        "an external data file, whose refcount is always 1; "
+                        "expected it set (QEMU: OFLAG_COPIED)"
                     ),
                     severity=walk.refcount_severity,
                 )
@@ -223,12 +224,12 @@ class Batch:
                 chosen,
                 lambda p: (
                     f"the data cluster at {int(self.entries[p] & L2_OFFSET):#x} "
-                    f"lies past the end of the file at {walk.file_size:#x}; expected it "
-                    "inside the file (a truncated image?)"
+                    f"lies past the end of the file at {walk.file_size:#x}; "
+                    "expected it inside the file (a truncated image?)"
                 ),
             )
             inside = np.flatnonzero(~past)
-            if self.active:
+            if self.check_copied:
                 self._check_copied(chosen, entries[bad])
             found, entries = found[inside], entries[inside]
             if unaligned is not None:
@@ -243,7 +244,7 @@ class Batch:
             walk.counts.add(clusters[unaligned] + 1, self.weight)
 
         flags = walk.flags[clusters]
-        if self.active:
+        if self.check_copied:
             copied = (entries >= COPIED).view(np.uint8)
             odd = np.flatnonzero(flags != copied)
         else:
@@ -267,7 +268,7 @@ class Batch:
                 "cluster of its own",
                 offset,
             )
-        if self.active:
+        if self.check_copied:
             self._check_copied(original(odd), entries[odd])
 
     def _check_copied(self, positions, entries) -> None:
@@ -285,14 +286,9 @@ class Batch:
             "refcount",
             chosen,
             lambda p: (
-                (
-                    "the COPIED flag (bit 63) is set but the data cluster's refcount is "
-                    "not 1"
-                    if flag[p]
-                    else "the COPIED flag (bit 63) is clear but the data cluster's "
-                    "refcount is 1"
-                )
-                + "; expected it set exactly when the refcount is 1 (QEMU: OFLAG_COPIED)"
+                f"the COPIED flag (bit 63) is {'set' if flag[p] else 'clear'} but the "
+                f"data cluster's refcount is {'not ' if flag[p] else ''}1; expected "
+                "it set exactly when the refcount is 1 (QEMU: OFLAG_COPIED)"
             ),
             severity=walk.refcount_severity,
         )

@@ -84,7 +84,9 @@ class StoredRefcounts:
                 known[here] = False
             elif state == VALID:
                 data = read_tables(
-                    self.walk.image, self.offsets[block : block + 1], self.walk.cluster_size
+                    self.walk.image,
+                    self.offsets[block : block + 1],
+                    self.walk.cluster_size,
                 )
                 block_values = decode_refcounts(data, self.refcount_order)
                 inside = clusters[here] & (self.block_entries - 1)
@@ -127,6 +129,7 @@ def read_stored(walk: Walk) -> None:
         entries = size // 8
     reftable = read_u64_table(walk.image, header.refcount_table_offset, entries)
     stored = StoredRefcounts(walk, reftable)
+    stored.table_bytes = 8 * entries
     walk.stored = stored
 
     last_block = -(-len(walk.flags) // stored.block_entries)

@@ -36,15 +36,23 @@ def read_padded(image: ImageFile, offset: int, length: int) -> bytes:
 
 
 def read_u64_table(image: ImageFile, offset: int, entries: int) -> np.ndarray:
-    """Read a table of big-endian u64 entries, decoded to native uint64."""
+    """Read a table of big-endian u64 entries, decoded to native uint64.
+
+    Entries past the end of the file would read as zeros (unused), so they are
+    left out: a claimed size costs no memory beyond what the file holds.
+    """
+    entries = max(0, min(entries, -(-(image.size - offset) // 8)))
     data = read_padded(image, offset, entries * 8)
     return np.frombuffer(data, ">u8").astype(np.uint64)
 
 
-def batches(offsets: np.ndarray, max_items: int) -> Iterator[slice]:
-    """Split ``offsets`` into slices of up to ``max_items`` tables to check at once."""
-    for start in range(0, len(offsets), max_items):
-        yield slice(start, min(start + max_items, len(offsets)))
+def batches(offsets: np.ndarray, max_items: int, start: int = 0) -> Iterator[slice]:
+    """Split ``offsets`` into slices of up to ``max_items`` tables to check at once.
+
+    The slices count from ``start``, for ``offsets`` cut from a longer array.
+    """
+    for first in range(0, len(offsets), max_items):
+        yield slice(start + first, start + min(first + max_items, len(offsets)))
 
 
 def _run_bounds(offsets: np.ndarray, length: int) -> list[int]:
@@ -78,7 +86,10 @@ def read_u64_tables(image: ImageFile, offsets: np.ndarray, length: int) -> np.nd
         if first >= image.size or first > INT64_MAX - (end - begin) * length:
             continue
         data = image.read_at(first, (end - begin) * length)
-        words = np.frombuffer(data, ">u8", count=len(data) // 8)
+        if len(data) % 8:
+            # The file ends inside an entry: its missing bytes read as zeros.
+            data += bytes(-len(data) % 8)
+        words = np.frombuffer(data, ">u8")
         out.reshape(-1)[begin * length // 8 : begin * length // 8 + words.size] = words
     return out
 
