@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qcow2check.validate import validate
 from qcow2check.findings import Report
+from qcow2check.validate import validate
 from qcow2check.walk.state import FINDINGS_PER_RULE, Counts, Recorder
 from qcow2check.walk.tables import decode_refcounts
 from tests.qcow2_images import (

@@ -90,59 +90,35 @@ def check_tables(
     }
 
 
+class _Layout:
+    """Where the tables are, read before anything is counted."""
+
+    def __init__(self, walk: Walk) -> None:
+        header = walk.header
+        refcounts.read_stored(walk)
+        self.l1 = _read_l1(
+            walk, header.l1_table_offset, header.l1_size, "the active L1 table"
+        )
+        loaded = snapshots.load(walk)
+        snapshot_list, self.snapshots_size = loaded or ([], 0)
+        self.snapshot_l1s = _read_snapshot_l1s(
+            walk, snapshots.usable(walk, snapshot_list)
+        )
+        self.bitmaps = bitmaps.load(walk)
+
+
 def _walk(walk: Walk) -> int:
-    header = walk.header
-    cluster_size = walk.cluster_size
-
-    # Read what says where everything is: refcounts, L1 tables, snapshots, bitmaps.
-    refcounts.read_stored(walk)
-    l1 = _read_l1(walk, header.l1_table_offset, header.l1_size, "the active L1 table")
-    loaded = snapshots.load(walk)
-    snapshot_list, snapshots_size = loaded if loaded is not None else ([], 0)
-    snapshot_l1s = _read_snapshot_l1s(walk, snapshots.usable(walk, snapshot_list))
-    bitmap_list = bitmaps.load(walk)
-
-    registry = walk.registry = metadata.Registry(walk)
-    registry.add(0, cluster_size, metadata.HEADER)
-    if l1 is not None:
-        registry.add(header.l1_table_offset, 8 * header.l1_size, metadata.ACTIVE_L1)
-        registry.add_many(_l2_offsets(l1), metadata.L2_TABLE)
-    registry.add(
-        header.refcount_table_offset,
-        walk.stored.table_bytes,
-        metadata.REFCOUNT_TABLE,
-    )
-    valid = walk.stored.state == refcounts.VALID
-    registry.add_many(walk.stored.offsets[valid], metadata.REFCOUNT_BLOCK)
-    registry.add(header.snapshots_offset, snapshots_size, metadata.SNAPSHOT_TABLE)
-    for group, table in snapshot_l1s:
-        registry.add(
-            group[0].l1_table_offset, 8 * group[0].l1_size, metadata.SNAPSHOT_L1
-        )
-        registry.add_many(_l2_offsets(table), metadata.L2_TABLE)
-    crypto = header.crypto_header
-    if crypto is not None:
-        registry.add(crypto.offset, crypto.length, metadata.ENCRYPTION_HEADER)
-    if bitmap_list:
-        extension = header.bitmaps_extension
-        registry.add(
-            extension.bitmap_directory_offset,
-            extension.bitmap_directory_size,
-            metadata.BITMAP_DIRECTORY,
-        )
-        for bitmap in bitmap_list:
-            registry.add(
-                bitmap.table_offset, 8 * bitmap.table_size, metadata.BITMAP_TABLE
-            )
-    registry.finish()
+    found = _Layout(walk)
+    _register(walk, found)
 
     # Count references in qcow2_check_refcounts' order.
-    walk.count_region(0, cluster_size, "the header cluster")
+    header = walk.header
+    walk.count_region(0, walk.cluster_size, "the header cluster")
     if walk.deep:
         walk.decoder = compressed.Decoder(walk)
-    l1_size = header.l1_size if l1 is not None else 0
+    l1_size = header.l1_size if found.l1 is not None else 0
     active = _count_l1(
-        walk, [(l1, header.l1_table_offset, l1_size, 1, "the active L1 table")]
+        walk, [(found.l1, header.l1_table_offset, l1_size, 1, "the active L1 table")]
     )
     inactive = _count_l1(
         walk,
@@ -154,7 +130,7 @@ def _walk(walk: Walk) -> int:
                 len(group),
                 _name(group),
             )
-            for group, table in snapshot_l1s
+            for group, table in found.snapshot_l1s
         ],
         active=False,
     )
@@ -163,21 +139,65 @@ def _walk(walk: Walk) -> int:
     l1l2.walk_l2(walk, inactive, False, done, total)
     if walk.decoder is not None:
         walk.decoder.close()
+    elif walk.compressed_clusters:
+        walk.rec.add(
+            "not-checked",
+            f"the data of {walk.compressed_clusters} compressed clusters was not "
+            "decoded (the deep level decodes it)",
+            None,
+        )
 
-    walk.count_region(header.snapshots_offset, snapshots_size, "the snapshot table")
     walk.count_region(
-        header.refcount_table_offset,
-        walk.stored.table_bytes,
-        "the refcount table",
+        header.snapshots_offset, found.snapshots_size, "the snapshot table"
     )
+    walk.count_region(
+        header.refcount_table_offset, walk.stored.table_bytes, "the refcount table"
+    )
+    crypto = header.crypto_header
     if crypto is not None and crypto.length:
         walk.count_region(crypto.offset, crypto.length, "the encryption header")
-    if bitmap_list:
-        bitmaps.count(walk, bitmap_list)
+    if found.bitmaps:
+        bitmaps.count(walk, found.bitmaps)
     refcounts.count_refblocks(walk)
 
     _count_overflow(walk)
     return refcounts.compare(walk)
+
+
+def _register(walk: Walk, found: _Layout) -> None:
+    """Tell the registry where every table lives, for the overlap checks."""
+    header = walk.header
+    registry = walk.registry = metadata.Registry(walk)
+    registry.add(0, walk.cluster_size, metadata.HEADER)
+    if found.l1 is not None:
+        registry.add(header.l1_table_offset, 8 * header.l1_size, metadata.ACTIVE_L1)
+        registry.add_many(_l2_offsets(found.l1), metadata.L2_TABLE)
+    registry.add(
+        header.refcount_table_offset, walk.stored.table_bytes, metadata.REFCOUNT_TABLE
+    )
+    valid = walk.stored.state == refcounts.VALID
+    registry.add_many(walk.stored.offsets[valid], metadata.REFCOUNT_BLOCK)
+    registry.add(header.snapshots_offset, found.snapshots_size, metadata.SNAPSHOT_TABLE)
+    for group, table in found.snapshot_l1s:
+        registry.add(
+            group[0].l1_table_offset, 8 * group[0].l1_size, metadata.SNAPSHOT_L1
+        )
+        registry.add_many(_l2_offsets(table), metadata.L2_TABLE)
+    crypto = header.crypto_header
+    if crypto is not None:
+        registry.add(crypto.offset, crypto.length, metadata.ENCRYPTION_HEADER)
+    if found.bitmaps:
+        extension = header.bitmaps_extension
+        registry.add(
+            extension.bitmap_directory_offset,
+            extension.bitmap_directory_size,
+            metadata.BITMAP_DIRECTORY,
+        )
+        for bitmap in found.bitmaps:
+            registry.add(
+                bitmap.table_offset, 8 * bitmap.table_size, metadata.BITMAP_TABLE
+            )
+    registry.finish()
 
 
 def _read_l1(walk: Walk, offset: int, size: int, name: str) -> np.ndarray | None:
