@@ -153,7 +153,8 @@ def walk_l2(walk: Walk, tables: L2Tables, active: bool, done: int, total: int) -
         parts = [slice(0, 1), *batches(tables.offsets[1:], per_batch, start=1)]
     for part in parts:
         count = part.stop - part.start
-        words = read_u64_tables(walk.image, tables.offsets[part], cluster_size)
+        buffer = walk.scratch.get("tables", count * cluster_size // 8, np.uint64)
+        words = read_u64_tables(walk.image, tables.offsets[part], cluster_size, buffer)
         weights = tables.weights[part]
         copied = active and bool(tables.offsets[part.start])
         for weight in np.unique(weights).tolist():

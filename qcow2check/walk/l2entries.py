@@ -62,11 +62,17 @@ class Batch:
         extended = self.bitmaps is not None
 
         # Most tables hold only unallocated entries and aligned data clusters.
-        special = COMPRESSED | L2_RESERVED | ZERO | U(walk.cluster_size - 512)
-        if not extended and not walk.data_file and not (entries & special).any():
-            offsets = entries & L2_OFFSET
-            self._check_normal(offsets != 0, offsets, None, aligned=True)
-            return
+        if not extended and not walk.data_file:
+            scratch = walk.scratch
+            work = scratch.get("offsets", entries.size, np.uint64)
+            special = COMPRESSED | L2_RESERVED | ZERO | U(walk.cluster_size - 512)
+            if not np.bitwise_and(entries, special, out=work).any():
+                offsets = np.bitwise_and(entries, L2_OFFSET, out=work)
+                normal = np.not_equal(
+                    offsets, 0, out=scratch.get("normal", entries.size, bool)
+                )
+                self._check_normal(normal, offsets, None, aligned=True)
+                return
 
         compressed_mask = (entries & COMPRESSED) != 0
         any_compressed = bool(compressed_mask.any())
@@ -186,7 +192,18 @@ class Batch:
             walk.allocated_clusters += count * self.weight
             if positions is None:
                 grid = found.reshape(-1, self.per_table)
-                breaks = grid[:, 1:] != grid[:, :-1] + U(cluster_size)
+                shape = (grid.shape[0], grid.shape[1] - 1)
+                size = shape[0] * shape[1]
+                following = np.add(
+                    grid[:, :-1],
+                    U(cluster_size),
+                    out=walk.scratch.get("clusters", size, np.uint64).reshape(shape),
+                )
+                breaks = np.not_equal(
+                    grid[:, 1:],
+                    following,
+                    out=walk.scratch.get("breaks", size, bool).reshape(shape),
+                )
                 walk.fragmented_clusters += int(np.count_nonzero(breaks)) * self.weight
             else:
                 table = positions // self.per_table
@@ -238,15 +255,23 @@ class Batch:
                 return
 
         # Offsets are below 2**56: the int64 view needs no copy for indexing.
-        clusters = (found >> U(walk.cluster_bits)).view(np.int64)
-        walk.counts.add(clusters, self.weight)
+        scratch = walk.scratch
+        size = found.size
+        clusters = np.right_shift(
+            found, U(walk.cluster_bits), out=scratch.get("clusters", size, np.uint64)
+        ).view(np.int64)
+        walk.counts.add(clusters, self.weight, scratch)
         if unaligned is not None and unaligned.any():
             walk.counts.add(clusters[unaligned] + 1, self.weight)
 
-        flags = walk.flags[clusters]
+        flags = np.take(walk.flags, clusters, out=scratch.get("flags", size, np.uint8))
         if self.check_copied:
-            copied = (entries >= COPIED).view(np.uint8)
-            odd = np.flatnonzero(flags != copied)
+            copied = np.greater_equal(
+                entries, COPIED, out=scratch.get("copied", size, bool)
+            ).view(np.uint8)
+            odd = np.flatnonzero(
+                np.not_equal(flags, copied, out=scratch.get("odd", size, bool))
+            )
         else:
             odd = np.flatnonzero(flags & FLAG_METADATA)
         if odd.size == 0:

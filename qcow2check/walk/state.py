@@ -31,29 +31,60 @@ class Counts:
         self.array = np.zeros(size, dtype=np.uint8)
         self.cluster_bits = cluster_bits
 
-    def add(self, clusters: np.ndarray, weight: int = 1) -> None:
+    def add(self, clusters: np.ndarray, weight: int = 1, scratch=None) -> None:
         """Add ``weight`` references to each of ``clusters`` (repeats count twice)."""
         if clusters.size == 0 or weight == 0:
             return
-        if clusters.size > 1 and not (clusters[1:] > clusters[:-1]).all():
-            unique, repeats = np.unique(clusters, return_counts=True)
-            self._add_unique(unique, repeats.astype(np.uint64) * np.uint64(weight))
-            return
-        self._add_unique(clusters, weight)
+        if clusters.size > 1:
+            rising = np.greater(
+                clusters[1:],
+                clusters[:-1],
+                out=None
+                if scratch is None
+                else scratch.get("rising", clusters.size - 1, bool),
+            )
+            if not rising.all():
+                unique, repeats = np.unique(clusters, return_counts=True)
+                amount = repeats.astype(np.uint64) * np.uint64(weight)
+                self._add_unique(unique, amount)
+                return
+        self._add_unique(clusters, weight, scratch)
 
-    def _add_unique(self, clusters: np.ndarray, amount) -> None:
-        current = self.array[clusters]
-        highest = int(current.max()) + int(np.max(amount))
-        while highest > np.iinfo(self.array.dtype).max:
+    def _add_unique(self, clusters: np.ndarray, amount, scratch=None) -> None:
+        while True:
+            out = None
+            if scratch is not None:
+                out = scratch.get("current", clusters.size, self.array.dtype)
+            current = np.take(self.array, clusters, out=out)
+            highest = int(current.max()) + int(np.max(amount))
+            if highest <= np.iinfo(self.array.dtype).max:
+                break
             self.array = self.array.astype(_WIDER[self.array.dtype.type])
-            current = self.array[clusters]
-        self.array[clusters] = current + np.asarray(amount, dtype=self.array.dtype)
+        np.add(current, np.asarray(amount, dtype=self.array.dtype), out=current)
+        self.array[clusters] = current
 
     def add_region(self, offset: int, size: int, weight: int = 1) -> None:
         """Count every cluster the byte range touches; the caller checked the end."""
         first = offset >> self.cluster_bits
         last = (offset + size - 1) >> self.cluster_bits
         self.add(np.arange(first, last + 1, dtype=np.int64), weight)
+
+
+class Scratch:
+    """Work arrays reused from one batch to the next.
+
+    A fresh megabyte-sized numpy temporary per batch is a fresh mmap, and its
+    pages fault in again every time; reusing a few buffers keeps them mapped.
+    """
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, count: int, dtype) -> np.ndarray:
+        buffer = self.buffers.get(name)
+        if buffer is None or buffer.size < count or buffer.dtype != dtype:
+            buffer = self.buffers[name] = np.empty(max(count, 1), dtype=dtype)
+        return buffer[:count]
 
 
 class Recorder:
@@ -144,6 +175,7 @@ class Walk:
         # each: a single gather per L2 entry checks both.
         self.flags = np.zeros(self.file_clusters + 1, dtype=np.uint8)
         self.stored = None
+        self.scratch = Scratch()
         self.registry = None
         self.decoder = None
 

@@ -18,7 +18,7 @@ from ..image import ImageFile
 # One read and one numpy batch covers at most this many bytes: large enough that a
 # run of 4 KiB L2 tables costs a handful of Python steps, small enough that the
 # temporaries of a batch stay in the CPU cache and the peak memory stays low.
-RUN_BYTES = 1 << 20
+RUN_BYTES = 512 << 10
 
 INT64_MAX = (1 << 63) - 1
 
@@ -77,21 +77,32 @@ def read_tables(image: ImageFile, offsets: np.ndarray, length: int) -> bytearray
     return out
 
 
-def read_u64_tables(image: ImageFile, offsets: np.ndarray, length: int) -> np.ndarray:
-    """Read the tables at sorted ``offsets``, decoded to native uint64 rows."""
-    out = np.zeros((len(offsets), length // 8), dtype=np.uint64)
+def read_u64_tables(
+    image: ImageFile, offsets: np.ndarray, length: int, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Read the tables at sorted ``offsets``, decoded to native uint64 rows.
+
+    ``out``, if given, is a reusable buffer of at least that many entries.
+    """
+    count = len(offsets) * length // 8
+    words = np.empty(count, np.uint64) if out is None else out[:count]
+    filled = 0
     bounds = _run_bounds(offsets, length)
     for begin, end in zip(bounds[:-1], bounds[1:], strict=True):
         first = int(offsets[begin])
+        start = begin * length // 8
+        words[filled:start] = 0
+        filled = start
         if first >= image.size or first > INT64_MAX - (end - begin) * length:
             continue
         data = image.read_at(first, (end - begin) * length)
         if len(data) % 8:
             # The file ends inside an entry: its missing bytes read as zeros.
             data += bytes(-len(data) % 8)
-        words = np.frombuffer(data, ">u8")
-        out.reshape(-1)[begin * length // 8 : begin * length // 8 + words.size] = words
-    return out
+        words[start : start + len(data) // 8] = np.frombuffer(data, ">u8")
+        filled = start + len(data) // 8
+    words[filled:] = 0
+    return words.reshape(len(offsets), length // 8)
 
 
 def read_run(image: ImageFile, first: int, count: int, length: int) -> bytes:
