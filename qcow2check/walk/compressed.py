@@ -33,9 +33,9 @@ SECTOR = 512
 
 # Compressed bytes gathered before a batch is read and handed to the pool, and the
 # largest gap between two clusters' data that one read still spans.
-BATCH_BYTES = 16 << 20
+BATCH_BYTES = 8 << 20
 READ_GAP = 64 << 10
-CLUSTERS_PER_JOB = 256
+CLUSTERS_PER_JOB = 32
 
 
 def check_entries(batch, positions: np.ndarray) -> None:
@@ -212,8 +212,6 @@ class Decoder:
             self.flush()
 
     def flush(self) -> None:
-        # One batch decodes while the walk reads the next: wait for the older one.
-        self._collect()
         if not self.pending:
             return
         start, size, table_offsets, index = (
@@ -224,9 +222,28 @@ class Decoder:
         start, size = start[order], size[order]
         table_offsets, index = table_offsets[order], index[order]
 
+        # One batch of about BATCH_BYTES is read while the one before decodes.
+        total = np.cumsum(size)
+        cuts = np.searchsorted(total, np.arange(BATCH_BYTES, total[-1], BATCH_BYTES))
+        bounds = [0, *np.unique(cuts).tolist(), start.size]
+        for first, stop in zip(bounds[:-1], bounds[1:], strict=True):
+            if first == stop:
+                continue
+            jobs = self._read(start[first:stop], size[first:stop])
+            self._collect()
+            where = (start[first:stop], table_offsets[first:stop], index[first:stop])
+            for spans, data in jobs:
+                future = self.pool.submit(
+                    _decode_job, self.decode, data, spans, self.walk.cluster_size
+                )
+                self.running.append((future, *where))
+
+    def _read(self, start, size) -> list:
+        """Read the data of sorted clusters with a few large reads, in jobs."""
         end = np.maximum.accumulate(start + size)
         breaks = np.flatnonzero(start[1:] > end[:-1] + READ_GAP) + 1
         bounds = [0, *breaks.tolist(), start.size]
+        jobs = []
         for first, stop in zip(bounds[:-1], bounds[1:], strict=True):
             base = int(start[first])
             data = read_padded(self.walk.image, base, int(end[stop - 1]) - base)
@@ -234,14 +251,8 @@ class Decoder:
                 (i, int(start[i]) - base, int(size[i])) for i in range(first, stop)
             ]
             for job in range(0, len(spans), CLUSTERS_PER_JOB):
-                future = self.pool.submit(
-                    _decode_job,
-                    self.decode,
-                    data,
-                    spans[job : job + CLUSTERS_PER_JOB],
-                    self.walk.cluster_size,
-                )
-                self.running.append((future, start, table_offsets, index))
+                jobs.append((spans[job : job + CLUSTERS_PER_JOB], data))
+        return jobs
 
     def _collect(self) -> None:
         walk = self.walk
