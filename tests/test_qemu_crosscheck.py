@@ -111,7 +111,10 @@ def test_backing_file_and_format_match_qemu_img_info(tmp_path):
 
 def test_data_file_name_matches_qemu_img_info(tmp_path):
     path = tmp_path / "d.qcow2"
-    qemu_img("create", "-q", "-f", "qcow2", "-o", "data_file=d.raw", str(path), "1G")
+    data_file = tmp_path / "d.raw"
+    qemu_img(
+        "create", "-q", "-f", "qcow2", "-o", f"data_file={data_file}", str(path), "1G"
+    )
     expected = qemu_img_info(path)
 
     report = validate(path, level="quick")
