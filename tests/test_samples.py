@@ -12,7 +12,7 @@ from qcow2check import validate
 from .conftest import error_rules
 
 SAMPLES = Path(__file__).parent.parent / "samples"
-ROW = re.compile(r"^\| `(?P<file>[^`]+)` \| (?P<verdict>[^|]+) \| (?P<rules>[^|]*) \|")
+ROW = re.compile(r"^\| `(?P<file>[^`]+)` \|(?P<verdict>[^|]+)\|(?P<rules>[^|]*)\|")
 
 
 def documented_samples() -> list[tuple[str, str, set[str]]]:
