@@ -53,7 +53,7 @@ COPIED = 1 << 63
         ("data-far-past-end", L2 + 8, COPIED | 1 << 48, {"l2-table"}),
         ("l1-reserved-bits", L1, COPIED | L2 | 1, {"l1-table"}),
         ("l2-reserved-bits", L2, COPIED | DATA | 2, {"l2-table"}),
-        ("l1-past-end", L1, COPIED | 0x7000000, {"l2-table"}),
+        ("l1-past-end", L1, COPIED | 0x7000000, {"l1-table"}),
     ],
 )
 def test_corrupted_entry(tmp_path, case, offset, value, expected):

@@ -148,7 +148,10 @@ def _walk(walk: Walk) -> int:
         )
 
     walk.count_region(
-        header.snapshots_offset, found.snapshots_size, "the snapshot table"
+        header.snapshots_offset,
+        found.snapshots_size,
+        "the snapshot table",
+        rule="snapshot-table",
     )
     walk.count_region(
         header.refcount_table_offset, walk.stored.table_bytes, "the refcount table"

@@ -73,10 +73,10 @@ def check_l1(
     past = l2 >= U(walk.file_size)
     bad = np.flatnonzero(past)
     walk.corruptions += bad.size * weight
-    for position in bad[: walk.rec.take("l2-table", bad.size)].tolist():
+    for position in bad[: walk.rec.take("l1-table", bad.size)].tolist():
         index = int(used[position])
         walk.rec.add(
-            "l2-table",
+            "l1-table",
             f"{name} entry {index} points at an L2 table at {int(l2[position]):#x}, "
             f"past the end of the file at {walk.file_size:#x}; expected a table "
             "inside the file (a truncated image?)",
@@ -106,7 +106,8 @@ def check_l1(
         copied = (entries[nonzero] & COPIED) != 0
         wrong = np.flatnonzero(known & (one != copied))
         walk.corruptions += wrong.size * weight
-        for position in wrong[: walk.rec.take("refcount", wrong.size)].tolist():
+        listed = walk.rec.take("refcount", wrong.size, severity_copied)
+        for position in wrong[:listed].tolist():
             index = int(used[nonzero[position]])
             state = "set" if copied[position] else "clear"
             expected = "set only when" if copied[position] else "set when"

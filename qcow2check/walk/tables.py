@@ -105,13 +105,6 @@ def read_u64_tables(
     return words.reshape(len(offsets), length // 8)
 
 
-def read_run(image: ImageFile, first: int, count: int, length: int) -> bytes:
-    """Read ``count`` neighbouring tables of ``length`` bytes from ``first``."""
-    if first > INT64_MAX - count * length:
-        return bytes(count * length)
-    return read_padded(image, first, count * length)
-
-
 def decode_refcounts(data: bytes, refcount_order: int) -> np.ndarray:
     """Decode refcount block bytes into one unsigned integer per cluster.
 
