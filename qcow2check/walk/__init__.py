@@ -14,15 +14,20 @@ errors but are not added to ``corruptions``, so the counts stay comparable:
   check passes it, but a read of the cluster fails with "Zero cluster entry found
   in pre-v3 image" and marks the image corrupt;
 - compressed data that does not decode to exactly one cluster, at the deep level
-  (``compressed-cluster``): QEMU's check passes it, reads fail with an I/O error;
-  a zstd cluster whose frames hold more than one cluster is refused too;
-- structures sharing a host cluster (``overlap``): QEMU's check sees them only as
-  refcount errors, which are counted; the overlap finding names the two structures.
+  (``compressed-cluster``): QEMU's check passes it, reads fail with an I/O error.
+  Only the active state's clusters are decoded, the part an import reads;
+- a host cluster shared by two structures, or by a structure and a data cluster
+  (``overlap``): QEMU's check sees this only as refcount errors, which are
+  counted; the overlap finding names both. Snapshots sharing L2 tables and data
+  clusters with the active state, as QEMU makes them, are no overlap.
 
-Where QEMU's check cannot complete (it exits 1 and prints no counts), the walk goes
-on, and ``check_errors`` says how many such failures QEMU would have met: an
-unreadable refcount block, a snapshot table or bitmap directory QEMU cannot load,
-a bitmap table with an invalid entry.
+Where QEMU's check cannot complete (it exits 1, usually without counts), the walk
+goes on and ``check_errors`` counts what stopped QEMU: unreadable refcount blocks
+(one per cluster they cover, as QEMU counts), a snapshot table or bitmap directory
+QEMU refuses, a bitmap table with an invalid entry. The other counts then include
+what QEMU never reached. On a dirty image (lazy refcounts) refcount and COPIED
+mismatches are counted as QEMU counts them but reported as warnings, since QEMU
+repairs them when it opens the image.
 """
 
 from __future__ import annotations
