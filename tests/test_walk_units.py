@@ -193,3 +193,17 @@ def test_hostile_tables_never_crash_and_match_qemu(tmp_path, base_image, pokes, 
         check = report.info["check"]
         assert check["corruptions"] == result.get("corruptions", 0)
         assert check["leaks"] == result.get("leaks", 0)
+
+
+@needs_qemu
+def test_more_clusters_than_qemu_can_count(tmp_path):
+    path = create(tmp_path / "s.qcow2", "64M", cluster_size="512")
+    with open(path, "r+b") as file:
+        file.truncate(1 << 41)
+
+    report = walk(path)
+
+    assert "check" not in report.info
+    assert [f.rule for f in report.findings] == ["not-checked"]
+    code, _ = qemu_check(path)
+    assert code == 1

@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 __all__ = ["check_tables"]
 
 L1_OFFSET = np.uint64(layout.L1E_OFFSET_MASK)
+INT_MAX = (1 << 31) - 1
 
 
 def check_tables(
@@ -61,6 +62,15 @@ def check_tables(
     are read. Nothing in the image's bytes makes this raise; an I/O error while
     reading does (:class:`~qcow2check.errors.ImageReadError`).
     """
+    if -(-image.size // header.cluster_size) > INT_MAX:
+        # qcow2_check_refcounts refuses too (-EFBIG): a counter per cluster of a
+        # file this large would take gigabytes.
+        report.add(
+            "not-checked",
+            f"the tables were not walked: the file has more than {INT_MAX} clusters "
+            f"of {header.cluster_size} bytes, more than qemu-img check can count",
+        )
+        return
     walk = Walk(image, header, report, deep, progress)
     image_end_offset = 0
     try:
