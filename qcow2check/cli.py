@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -136,6 +137,7 @@ def main(ctx, images, **options):
     usage error or an image that cannot be read.
     """
     _apply_config(ctx, options)
+    _configure_logging(1 + options["verbose"] - options["quiet"])
     if options["size"] is not None and options["size"] % 512:
         raise click.BadParameter(
             f"{options['size']} is not a multiple of 512", param_hint="--size"
@@ -186,6 +188,21 @@ def main(ctx, images, **options):
     if errors:
         sys.exit(EXIT_ERROR)
     sys.exit(EXIT_ACCEPTED if all(r.accepted for r in reports) else EXIT_REJECTED)
+
+
+def _configure_logging(verbosity: int) -> None:
+    """Library messages on stderr: warnings by default, everything from -vv on."""
+    logger = logging.getLogger("qcow2check")
+    for handler in logger.handlers[:]:
+        if getattr(handler, "qcow2check_cli", False):
+            logger.removeHandler(handler)
+    # The stream is looked up now, so that a test runner's captured stderr is used.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.qcow2check_cli = True
+    handler.setFormatter(logging.Formatter("qcow2check: %(levelname)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbosity >= 3 else logging.WARNING)
+    logger.propagate = False
 
 
 def _apply_config(ctx: click.Context, options: dict) -> None:

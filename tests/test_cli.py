@@ -216,3 +216,11 @@ def test_sarif_format_has_one_result_per_finding(images):
         "encrypted",
         "virtual-size",
     ]
+
+
+def test_library_debug_messages_only_with_two_v(images):
+    quiet = CliRunner().invoke(main, ["--quick", images["good"]])
+    chatty = CliRunner().invoke(main, ["--quick", "-vv", images["good"]])
+
+    assert "qcow2check: DEBUG:" not in quiet.output
+    assert "qcow2check: DEBUG:" in chatty.output
