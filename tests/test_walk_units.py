@@ -121,7 +121,8 @@ def test_luks_header_clusters_are_referenced(tmp_path):
     subprocess.run(
         [
             "qemu-img", "create", "-q", "--object", "secret,id=s0,data=pw",
-            "-f", "qcow2", "-o", "encrypt.format=luks,encrypt.key-secret=s0",
+            "-f", "qcow2", "-o",
+            "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10",
             str(path), "64M",
         ],
         check=True,

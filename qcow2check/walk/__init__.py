@@ -90,6 +90,13 @@ def check_tables(
             walk.decoder.pool.shutdown(wait=True, cancel_futures=True)
         walk.rec.finish()
 
+    log.debug(
+        "%s: %d corruptions, %d leaks, %d check errors",
+        image.name,
+        walk.corruptions,
+        walk.leaks,
+        walk.check_errors,
+    )
     zstd = header.compression_type == layout.QCOW2_COMPRESSION_TYPE_ZSTD
     report.info["check"] = {
         "total_clusters": -(-(header.size // 512 * 512) // walk.cluster_size),
