@@ -269,3 +269,16 @@ def test_bitmap_table_entry_corrupted(tmp_path):
     assert "bitmap" in rules(report, "error")
     code, _ = qemu_check(path)
     assert code != 0
+
+
+def test_compressed_data_past_the_end_at_deep_level(tmp_path):
+    path = _compressed_image(tmp_path)
+    entry = read_u64(path, L2)
+    poke_u64(path, L2, entry & ~((1 << 54) - 1) | 1 << 40)
+    poke_u64(path, L2 + 8, read_u64(path, L2))
+
+    report = walk(path, deep=True)
+
+    assert "compressed-cluster" in rules(report, "error")
+    assert not any("internal error" in f.message for f in report.findings)
+    assert_same_counts(report, path)

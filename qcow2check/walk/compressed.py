@@ -206,6 +206,8 @@ class Decoder:
         self.running: list[tuple[Future, np.ndarray, np.ndarray, np.ndarray]] = []
 
     def add(self, start, size, table_offsets, index) -> None:
+        if start.size == 0:
+            return
         self.pending.append((start, size, table_offsets, index))
         self.pending_bytes += int(size.sum())
         if self.pending_bytes >= BATCH_BYTES:
