@@ -50,7 +50,6 @@ log = logging.getLogger(__name__)
 __all__ = ["check_tables"]
 
 L1_OFFSET = np.uint64(layout.L1E_OFFSET_MASK)
-INT_MAX = (1 << 31) - 1
 
 
 def check_tables(
@@ -62,12 +61,13 @@ def check_tables(
     are read. Nothing in the image's bytes makes this raise; an I/O error while
     reading does (:class:`~qcow2check.errors.ImageReadError`).
     """
-    if -(-image.size // header.cluster_size) > INT_MAX:
+    if -(-image.size // header.cluster_size) > limits.QCOW2_CHECK_MAX_CLUSTERS:
         # qcow2_check_refcounts refuses too (-EFBIG): a counter per cluster of a
         # file this large would take gigabytes.
         report.add(
             "not-checked",
-            f"the tables were not walked: the file has more than {INT_MAX} clusters "
+            "the tables were not walked: the file has more than "
+            f"{limits.QCOW2_CHECK_MAX_CLUSTERS} clusters "
             f"of {header.cluster_size} bytes, more than qemu-img check can count",
         )
         return
