@@ -282,3 +282,19 @@ def test_compressed_data_past_the_end_at_deep_level(tmp_path):
     assert "compressed-cluster" in rules(report, "error")
     assert not any("internal error" in f.message for f in report.findings)
     assert_same_counts(report, path)
+
+
+def test_snapshot_table_past_the_end(tmp_path):
+    # The header claims 1000 snapshots past the end of the file: each entry reads
+    # as zeros, an incomplete version 3 entry, counted without being parsed.
+    path = image(tmp_path)
+    poke_u64(path, 64, 1 << 30)
+    with open(path, "r+b") as file:
+        file.seek(60)
+        file.write((1000).to_bytes(4, "big"))
+
+    report = walk(path)
+
+    assert "snapshot-table" in rules(report, "error")
+    result = assert_same_counts(report, path)
+    assert result["corruptions"] == 1001

@@ -123,9 +123,9 @@ class _Layout:
         )
         loaded = snapshots.load(walk)
         snapshot_list, self.snapshots_size = loaded or ([], 0)
-        self.snapshot_l1s = _read_snapshot_l1s(
-            walk, snapshots.usable(walk, snapshot_list)
-        )
+        if loaded is not None:
+            snapshot_list = snapshots.usable(walk, snapshot_list)
+        self.snapshot_l1s = _read_snapshot_l1s(walk, snapshot_list)
         self.bitmaps = bitmaps.load(walk)
 
 

@@ -85,6 +85,10 @@ def load(walk: Walk) -> tuple[list[Snapshot], int] | None:
     for index in range(count):
         offset = -(-offset // 8) * 8
         entry_offset = offset
+        if offset >= walk.file_size:
+            _zero_entries(walk, index, count - index, offset)
+            offset += (count - index) * fixed
+            break
         id_size, name_size, extra_size = SIZES.unpack(window.get(offset, fixed))
         if extra_size > limits.QCOW_MAX_SNAPSHOT_EXTRA_DATA:
             walk.check_errors += 1
@@ -121,16 +125,39 @@ def load(walk: Walk) -> tuple[list[Snapshot], int] | None:
                 'version 3 image (QEMU: "snapshot table entry is incomplete")',
                 entry_offset + 36,
             )
+    if offset - table_offset > limits.QCOW_MAX_SNAPSHOTS_SIZE:
+        walk.check_errors += 1
+        return None
     return snapshots, offset - table_offset
 
 
+def _zero_entries(walk: Walk, first: int, count: int, offset: int) -> None:
+    """Entries past the end of the file, which read as zeros: an empty snapshot
+    each, incomplete in a version 3 image. Counted at once, not parsed one by one.
+    """
+    if walk.header.version < 3:
+        return
+    walk.corruptions += count
+    walk.rec.add(
+        "snapshot-table",
+        f"snapshot table entries {first} to {first + count - 1} lie past the end of "
+        f"the file at {walk.file_size:#x} and read as zeros; expected entries with "
+        f"at least {layout.SNAPSHOT_EXTRA_DATA_MIN_V3} bytes of extra data",
+        offset,
+    )
+
+
 def usable(walk: Walk, snapshots: list[Snapshot]) -> list[Snapshot]:
-    """The snapshots whose L1 table QEMU walks; the others are corruptions."""
-    if snapshots and walk.data_file:
+    """The snapshots whose L1 table QEMU walks; the others are corruptions.
+
+    Call it only with a table that could be read.
+    """
+    if walk.header.nb_snapshots and walk.data_file:
         walk.corruptions += 1
         walk.rec.add(
             "snapshot-table",
-            f"the image has {len(snapshots)} snapshots and an external data file; "
+            f"the image has {walk.header.nb_snapshots} snapshots and an external "
+            "data file; "
             "expected no snapshots, QEMU cannot keep them with a data file",
             60,
         )
