@@ -228,6 +228,26 @@ def comparisons(smoke: bool) -> list[Comparison]:
     return found
 
 
+def revision(root: Path) -> str:
+    """Which qcow2check is measured: the commit of ``root`` and whether it is dirty."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", root, "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", root, "status", "--porcelain", "--", "qcow2check"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return f"{root} (not a git checkout)"
+    return f"{root} at {commit}" + (" with uncommitted changes" if dirty else "")
+
+
 def _size(nbytes: int) -> str:
     for unit, factor in (("TiB", 1 << 40), ("GiB", GIB), ("MiB", 1 << 20)):
         if nbytes >= factor:
@@ -367,6 +387,7 @@ def main(
         "warm-up run(s); ratio = qcow2check / reference"
         + ("; smoke run: the figures mean nothing" if smoke else "")
     )
+    click.echo(f"qcow2check: {' '.join(qcow2check_argv())}, code in {revision(ROOT)}")
     for comparison in selected:
         note = _findings_note(comparison)
         if note:
