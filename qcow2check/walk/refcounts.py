@@ -74,24 +74,30 @@ class StoredRefcounts:
 
     def lookup(self, clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Stored refcounts of any clusters, and whether each could be read."""
+        clusters = clusters.astype(np.int64)
         values = np.zeros(clusters.size, dtype=np.uint64)
-        known = np.ones(clusters.size, dtype=bool)
         blocks = clusters >> self.block_bits
-        for block in np.unique(blocks).tolist():
-            here = blocks == block
-            state = self.state[block] if block < self.state.size else ZERO
-            if state == UNREADABLE:
-                known[here] = False
-            elif state == VALID:
+        state = np.full(clusters.size, ZERO, dtype=np.uint8)
+        in_table = blocks < self.state.size
+        state[in_table] = self.state[blocks[in_table]]
+        valid = np.flatnonzero(state == VALID)
+        if valid.size:
+            # One read per refcount block, however many clusters it answers for.
+            unique, inverse = np.unique(blocks[valid], return_inverse=True)
+            order = np.argsort(inverse, kind="stable")
+            bounds = np.searchsorted(inverse[order], np.arange(unique.size + 1))
+            for k, block in enumerate(unique.tolist()):
+                chosen = valid[order[bounds[k] : bounds[k + 1]]]
                 data = read_tables(
                     self.walk.image,
                     self.offsets[block : block + 1],
                     self.walk.cluster_size,
                 )
                 block_values = decode_refcounts(data, self.refcount_order)
-                inside = clusters[here] & (self.block_entries - 1)
-                values[here] = block_values[inside]
-        return values, known
+                values[chosen] = block_values[
+                    clusters[chosen] & (self.block_entries - 1)
+                ]
+        return values, state != UNREADABLE
 
     def is_one(self, clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Whether each stored refcount is 1, and whether it could be read."""
