@@ -290,6 +290,23 @@ def compressed_max_sectors(cluster_bits: int, entries: int) -> Image:
     return image
 
 
+def bitmaps(count: int, table_offset: int, table_size: int) -> Image:
+    # Persistent bitmaps, each claiming the largest table QEMU allows (2**27
+    # entries, 1 GiB) at the same place.
+    image = clean(autoclear_features=1)
+    directory = 16 << 16
+    entry = struct.pack(">QIIBBHI", table_offset, table_size, 0, 1, 16, 1, 0) + b"b"
+    entry += bytes(-len(entry) % 8)
+    image.put(directory, entry * count)
+    image.extensions = [
+        extension(
+            layout.QCOW2_EXT_MAGIC_BITMAPS,
+            struct.pack(">IIQQ", count, 0, len(entry) * count, directory),
+        )
+    ]
+    return image
+
+
 def sparse_terabyte_small_clusters() -> Image:
     # A 1 TiB file of 512-byte clusters: 2**31 clusters, almost all holes.
     image = clean(9)
@@ -325,6 +342,8 @@ HOSTILE = {
     "compressed-max-sectors-64k": (lambda: compressed_max_sectors(16, 1), True),
     "compressed-max-sectors-2m": (lambda: compressed_max_sectors(21, 262144), True),
     "sparse-1tib-512-byte-clusters": (sparse_terabyte_small_clusters, None),
+    "bitmap-table-1gib-past-eof": (lambda: bitmaps(1, 32 << 16, 1 << 27), True),
+    "bitmaps-65535-far": (lambda: bitmaps(65535, 1 << 50, 1 << 27), True),
 }
 
 
