@@ -290,16 +290,20 @@ def _count_overflow(walk: Walk) -> None:
     if int(counts.max(initial=0)) <= walk.refcount_max:
         return
     walk.overflow = True
-    over = np.flatnonzero(counts > walk.refcount_max)
-    excess = counts[over].astype(np.int64) - walk.refcount_max
-    walk.corruptions += int(excess.sum())
-    for position in over[: walk.rec.take("refcount", over.size)].tolist():
-        cluster = int(position)
-        walk.rec.add(
-            "refcount",
-            f"cluster {cluster} ({cluster << walk.cluster_bits:#x}) is referenced "
-            f"{int(counts[position])} times, more than a {walk.header.refcount_bits}-"
-            f"bit refcount can hold; expected at most {walk.refcount_max}",
-            cluster << walk.cluster_bits,
-            walk.refcount_severity,
-        )
+    for start in range(0, counts.size, refcounts.CHUNK_CLUSTERS):
+        chunk = counts[start : start + refcounts.CHUNK_CLUSTERS]
+        over = np.flatnonzero(chunk > walk.refcount_max)
+        excess = chunk[over].astype(np.int64) - walk.refcount_max
+        walk.corruptions += int(excess.sum())
+        listed = walk.rec.take("refcount", over.size, walk.refcount_severity)
+        for position in over[:listed].tolist():
+            cluster = start + position
+            walk.rec.add(
+                "refcount",
+                f"cluster {cluster} ({cluster << walk.cluster_bits:#x}) is "
+                f"referenced {int(chunk[position])} times, more than a "
+                f"{walk.header.refcount_bits}-bit refcount can hold; expected at "
+                f"most {walk.refcount_max}",
+                cluster << walk.cluster_bits,
+                walk.refcount_severity,
+            )

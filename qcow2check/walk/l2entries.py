@@ -13,7 +13,7 @@ import numpy as np
 from .. import layout
 from . import compressed
 from .refcounts import refcount_is_one
-from .state import FLAG_METADATA, Walk
+from .state import FINDINGS_PER_RULE, FLAG_METADATA, Walk
 
 U = np.uint64
 COPIED = U(layout.QCOW_OFLAG_COPIED)
@@ -306,7 +306,11 @@ class Batch:
         copied = (entries & COPIED) != 0
         wrong = np.flatnonzero(known & (one != copied))
         chosen = positions[wrong]
-        flag = dict(zip(chosen.tolist(), copied[wrong].tolist(), strict=True))
+        # Only the listed findings need the flag's value in their message.
+        named = FINDINGS_PER_RULE
+        flag = dict(
+            zip(chosen[:named].tolist(), copied[wrong[:named]].tolist(), strict=True)
+        )
         self.report(
             "refcount",
             chosen,

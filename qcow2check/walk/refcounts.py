@@ -23,6 +23,10 @@ from .tables import (
 # Leaked clusters named in the one leaked-clusters finding.
 LEAKS_NAMED = 8
 
+# Clusters compared per step where no refcount block exists, so that a wrecked
+# refcount table costs bounded temporaries.
+CHUNK_CLUSTERS = 1 << 20
+
 ZERO, VALID, UNREADABLE = 0, 1, 2
 
 
@@ -250,13 +254,13 @@ def compare(walk: Walk) -> int:
     zero_blocks = states == ZERO
     edges = np.flatnonzero(np.diff(np.concatenate(([0], zero_blocks, [0]))))
     for first, end in edges.reshape(-1, 2).tolist():
-        start, stop = first * entries, min(end * entries, nb_clusters)
-        computed = counts[start:stop]
-        used = np.flatnonzero(computed)
-        if used.size:
-            tally.compare(
-                start + used, np.zeros(used.size, np.uint8), computed[used], sparse=True
-            )
+        stop = min(end * entries, nb_clusters)
+        for start in range(first * entries, stop, CHUNK_CLUSTERS):
+            computed = counts[start : min(start + CHUNK_CLUSTERS, stop)]
+            used = np.flatnonzero(computed)
+            if used.size:
+                zeros = np.zeros(used.size, np.uint8)
+                tally.compare(start + used, zeros, computed[used], sparse=True)
 
     tally.finish()
     return (tally.highest + 1) * walk.cluster_size
