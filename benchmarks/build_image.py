@@ -414,9 +414,11 @@ def build_compressed(
     batch = max(1, TEXT_CHUNK // cluster_size)
 
     l1 = numpy.zeros(l1_size, dtype=numpy.uint64)
-    # Every cluster a compressed cluster touches is referenced once by it.
-    counts = numpy.ones(1 + l1_clusters, dtype=numpy.int64)
     next_cluster = 1 + l1_clusters
+    # Refcounts of everything before the refcount structures. Compressed data takes
+    # less room than the clusters it holds, which bounds the count of clusters.
+    counts = numpy.zeros(next_cluster + l1_size + guest_clusters, dtype=numpy.int64)
+    counts[:next_cluster] = 1
 
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     workers = ThreadPoolExecutor(os.cpu_count() or 1)
@@ -454,8 +456,7 @@ def build_compressed(
                 os.pwrite(fd, b"".join(blobs), cursor)
                 cursor = int(last[-1]) + 1
                 index += len(blobs)
-                counts = _add_references(counts, offsets, last, cluster_bits)
-            counts = _grow(counts, table_offset // cluster_size + 1)
+                _add_references(counts, offsets, last, cluster_bits)
             counts[table_offset // cluster_size] += 1
             os.pwrite(fd, l2.astype(">u8").tobytes(), table_offset)
             next_cluster = _div_up(cursor, cluster_size)
@@ -464,8 +465,9 @@ def build_compressed(
         refblocks_offset = next_cluster * cluster_size
         reftable_offset = refblocks_offset + refblocks * cluster_size
         total_clusters = next_cluster + refblocks + reftable_clusters
-        counts = _grow(counts, total_clusters)
-        counts[next_cluster:total_clusters] = 1
+        counts = numpy.concatenate(
+            (counts[:next_cluster], numpy.ones(total_clusters - next_cluster, int))
+        )
         table, blocks = refcount_structures(counts, cluster_bits, refblocks_offset)
         os.pwrite(fd, blocks, refblocks_offset)
         os.pwrite(fd, table, reftable_offset)
@@ -486,21 +488,14 @@ def build_compressed(
         os.close(fd)
 
 
-def _grow(counts: numpy.ndarray, length: int) -> numpy.ndarray:
-    if len(counts) >= length:
-        return counts
-    return numpy.concatenate((counts, numpy.zeros(length - len(counts), counts.dtype)))
-
-
 def _add_references(
     counts: numpy.ndarray, first: numpy.ndarray, last: numpy.ndarray, cluster_bits: int
-) -> numpy.ndarray:
+) -> None:
+    """Count one reference from each compressed cluster to each cluster it touches."""
     start, end = first >> cluster_bits, last >> cluster_bits
-    touched = numpy.concatenate((start, end[end != start]))
-    added = numpy.bincount(touched)
-    counts = _grow(counts, len(added))
-    counts[: len(added)] += added
-    return counts
+    base = int(start[0])
+    added = numpy.bincount(numpy.concatenate((start, end[end != start])) - base)
+    counts[base : base + len(added)] += added
 
 
 def write_raw_text(path: str | os.PathLike, size: int, seed: int = 0) -> None:
