@@ -50,6 +50,11 @@ class Counts:
                 return
         self._add_unique(clusters, weight, scratch)
 
+    def add_amounts(self, clusters: np.ndarray, amounts: np.ndarray) -> None:
+        """Add ``amounts[i]`` references to each of the distinct, sorted clusters."""
+        if clusters.size:
+            self._add_unique(clusters, amounts.astype(np.uint64))
+
     def _add_unique(self, clusters: np.ndarray, amount, scratch=None) -> None:
         while True:
             out = None
