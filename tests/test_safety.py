@@ -74,3 +74,22 @@ def test_the_image_is_opened_read_only(tmp_path, monkeypatch):
     assert [name for name, _ in opened] == [str(path)]
     flags = opened[0][1]
     assert flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC) == 0
+
+
+def test_an_internal_error_in_the_walk_rejects_the_image(tmp_path, monkeypatch):
+    import qcow2check.walk as walk
+
+    path = tmp_path / "image.qcow2"
+    path.write_bytes(build_image())
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(walk, "_walk", broken)
+
+    report = validate(path)
+
+    assert not report.accepted
+    (finding,) = [f for f in report.findings if f.severity == "error"]
+    assert finding.rule == "not-checked"
+    assert "internal error" in finding.message

@@ -38,7 +38,7 @@ import numpy as np
 
 from .. import layout, limits
 from ..errors import ImageReadError
-from ..findings import Report
+from ..findings import ERROR, Report
 from ..header import Header
 from ..image import ImageFile
 from . import bitmaps, compressed, l1l2, metadata, refcounts, snapshots
@@ -78,12 +78,15 @@ def check_tables(
     except ImageReadError:
         raise
     except Exception as error:  # noqa: BLE001 - a finding, never a crash
-        log.exception("walking the tables of %s failed", image.name)
+        # Fail closed: an image the walk could not finish is not accepted unread.
+        log.debug("walking the tables of %s failed", image.name, exc_info=True)
         walk.rec.add(
             "not-checked",
-            f"the table walk stopped early on an internal error ({error!r}); the "
-            "counts below are incomplete",
+            f"the table walk stopped early on an internal error ({error!r}), so the "
+            "image is not accepted; the counts are incomplete. Please report it "
+            "with the image's first clusters",
             None,
+            severity=ERROR,
         )
     finally:
         if walk.decoder is not None:
