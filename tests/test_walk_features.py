@@ -298,3 +298,19 @@ def test_snapshot_table_past_the_end(tmp_path):
     assert "snapshot-table" in rules(report, "error")
     result = assert_same_counts(report, path)
     assert result["corruptions"] == 1001
+
+
+def test_deep_level_says_snapshot_only_clusters_were_not_decoded():
+    from pathlib import Path
+
+    from qcow2check import validate
+
+    samples = Path(__file__).parent.parent / "samples"
+    with_snapshot = validate(samples / "snapshot.qcow2", level="deep")
+    without = validate(samples / "ok-data.qcow2", level="deep")
+
+    def notes(report):
+        return [f.message for f in report.findings if f.rule == "not-checked"]
+
+    assert any("internal snapshots were not decoded" in m for m in notes(with_snapshot))
+    assert notes(without) == []
