@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from importlib import resources
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -224,3 +225,40 @@ def test_library_debug_messages_only_with_two_v(images):
 
     assert "qcow2check: DEBUG:" not in quiet.output
     assert "qcow2check: DEBUG:" in chatty.output
+
+
+def _stderr_of_cli(args, tty: bool) -> str:
+    import pty
+
+    if not tty:
+        result = subprocess.run(
+            [sys.executable, "-m", "qcow2check", *args], capture_output=True
+        )
+        return result.stderr.decode()
+    reader, writer = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "qcow2check", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=writer,
+    )
+    os.close(writer)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(reader, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    process.wait(timeout=60)
+    os.close(reader)
+    return b"".join(chunks).decode()
+
+
+def test_progress_bar_only_on_a_terminal():
+    sample = str(Path(__file__).parent.parent / "samples" / "ok-data.qcow2")
+
+    assert "100.0% " in _stderr_of_cli([sample], tty=True)
+    assert _stderr_of_cli([sample], tty=False) == ""
+    assert _stderr_of_cli(["--quick", sample], tty=True) == ""
