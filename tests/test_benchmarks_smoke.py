@@ -99,6 +99,30 @@ def test_preallocated_metadata_is_what_qemu_img_writes(tmp_path: Path) -> None:
     assert ours.read_bytes() == theirs.read_bytes()
 
 
+def test_benchmark_suite_runs_once(tmp_path: Path) -> None:
+    # CI runs tests/ only: run every benchmark once here, untimed, on tiny images.
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            BENCHMARKS,
+            "--benchmark-disable",
+            "--bench-size",
+            "4MiB",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=BENCHMARKS.parent,
+        env={**os.environ, "QCOW2CHECK_BENCH_DIR": str(tmp_path)},
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
 @needs_qemu_img
 def test_compare_smoke_runs(tmp_path: Path) -> None:
     result = subprocess.run(
