@@ -41,7 +41,7 @@ import sys
 import tempfile
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from itertools import repeat
@@ -532,8 +532,12 @@ def cached_image(
     fill: float = 1.0,
     seed: int = 0,
     directory: str | os.PathLike | None = None,
+    on_build: Callable[[Path], None] | None = None,
 ) -> Path:
-    """The path of a built image, building it first unless the cache has it."""
+    """The path of a built image, building it first unless the cache has it.
+
+    ``on_build(path)`` is called before a build, which can take a minute.
+    """
     directory = Path(directory) if directory is not None else bench_dir()
     directory.mkdir(parents=True, exist_ok=True)
     if kind == PREALLOCATED:
@@ -544,6 +548,8 @@ def cached_image(
         directory / f"{kind}-{size}-c{cluster_bits}-{detail}-v{BUILDER_VERSION}.qcow2"
     )
     if not path.exists():
+        if on_build is not None:
+            on_build(path)
         # Build beside it and rename, so that an interrupted build is not reused.
         partial = path.with_name(f".{path.name}.{os.getpid()}")
         try:

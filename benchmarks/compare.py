@@ -170,61 +170,69 @@ def qcow2check_argv() -> list[str]:
     return [installed] if installed else [sys.executable, "-m", "qcow2check"]
 
 
-def comparisons(smoke: bool) -> list[Comparison]:
-    """The images (built or taken from the cache) and what runs on them."""
+def comparisons(smoke: bool, names: tuple[str, ...] = ()) -> list[Comparison]:
+    """The comparisons named (all by default), their images built or cached."""
     if smoke:
         sizes = {"a": 64 << 20, "b": 64 << 20, "c": 8 << 20}
     else:
         sizes = {"a": 1 << 40, "b": 64 * GIB, "c": 1 * GIB}
+    selected = set(names or NAMES)
     qcow2check = qcow2check_argv()
-    image = build_image.cached_image
-    preallocated_a = image(build_image.PREALLOCATED, sizes["a"], 16)
-    preallocated_b = image(build_image.PREALLOCATED, sizes["b"], 12)
-    small = image(build_image.PREALLOCATED, 64 << 20, 16)
-    raw_out = build_image.bench_dir() / "convert-out.raw"
 
-    found = [
-        Comparison(
-            "metadata-a",
-            f"(a) {_size(sizes['a'])} preallocated, 64 KiB clusters",
-            Command([*qcow2check, "--format", "json", preallocated_a], qcow2check_json),
-            Command(["qemu-img", "check", preallocated_a], exit_zero),
-            time_target=0.7,
-            rss_target=2.0,
-        ),
-        Comparison(
-            "metadata-b",
-            f"(b) {_size(sizes['b'])} preallocated, 4 KiB clusters",
-            Command([*qcow2check, "--format", "json", preallocated_b], qcow2check_json),
-            Command(["qemu-img", "check", preallocated_b], exit_zero),
-            time_target=0.5,
-            rss_target=2.0,
-        ),
-    ]
+    def image(kind: str, size: int, cluster_bits: int) -> Path:
+        return build_image.cached_image(
+            kind,
+            size,
+            cluster_bits,
+            on_build=lambda path: click.echo(f"building {path}, once", err=True),
+        )
+
+    found = []
+    for name, label, size, cluster_bits, target in (
+        ("metadata-a", "(a)", sizes["a"], 16, 0.7),
+        ("metadata-b", "(b)", sizes["b"], 12, 0.5),
+    ):
+        if name in selected:
+            path = image(build_image.PREALLOCATED, size, cluster_bits)
+            found.append(
+                Comparison(
+                    name,
+                    f"{label} {_size(size)} preallocated, "
+                    f"{(1 << cluster_bits) >> 10} KiB clusters",
+                    Command([*qcow2check, "--format", "json", path], qcow2check_json),
+                    Command(["qemu-img", "check", path], exit_zero),
+                    time_target=target,
+                    rss_target=2.0,
+                )
+            )
+    raw_out = build_image.bench_dir() / "convert-out.raw"
     for compression in (build_image.ZLIB, build_image.ZSTD):
-        text = image(compression, sizes["c"], 16)
+        if f"deep-{compression}" in selected:
+            path = image(compression, sizes["c"], 16)
+            found.append(
+                Comparison(
+                    f"deep-{compression}",
+                    f"(c) {_size(sizes['c'])} of text, {compression}, 64 KiB clusters",
+                    Command([*qcow2check, "--deep", path], qcow2check_ran),
+                    Command(
+                        ["qemu-img", "convert", "-O", "raw", path, raw_out],
+                        exit_zero,
+                        output=raw_out,
+                    ),
+                    time_target=0.5,
+                )
+            )
+    if "quick-startup" in selected:
+        path = image(build_image.PREALLOCATED, 64 << 20, 16)
         found.append(
             Comparison(
-                f"deep-{compression}",
-                f"(c) {_size(sizes['c'])} of text, {compression}, 64 KiB clusters",
-                Command([*qcow2check, "--deep", text], qcow2check_ran),
-                Command(
-                    ["qemu-img", "convert", "-O", "raw", text, raw_out],
-                    exit_zero,
-                    output=raw_out,
-                ),
-                time_target=0.5,
+                "quick-startup",
+                f"{_size(64 << 20)} image, header only",
+                Command([*qcow2check, "--quick", path], qcow2check_ran),
+                Command([sys.executable, "-c", "import click, construct"], exit_zero),
+                time_target=1.3,
             )
         )
-    found.append(
-        Comparison(
-            "quick-startup",
-            f"{_size(64 << 20)} image, header only",
-            Command([*qcow2check, "--quick", small], qcow2check_ran),
-            Command([sys.executable, "-c", "import click, construct"], exit_zero),
-            time_target=1.3,
-        )
-    )
     return found
 
 
@@ -377,7 +385,7 @@ def main(
     if shutil.which("qemu-img") is None:
         raise click.ClickException("qemu-img is not installed")
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    selected = [c for c in comparisons(smoke) if not only or c.name in only]
+    selected = comparisons(smoke, only)
     measure(selected, repeat, warmup, progress=not quiet)
 
     table = rows(selected)
