@@ -35,6 +35,7 @@ import click
 ROOT = build_image.ROOT
 GIB = 1 << 30
 TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
+NAMES = ("metadata-a", "metadata-b", "deep-zlib", "deep-zstd", "quick-startup")
 
 
 @dataclass
@@ -275,8 +276,9 @@ def measure(
             ours = run_once(comparison.ours, env)
             reference = run_once(comparison.reference, env)
             if progress:
+                run = "warm-up" if index < warmup else f"run {index + 1 - warmup}"
                 click.echo(
-                    f"  {comparison.name} run {index + 1 - warmup}: "
+                    f"  {comparison.name} {run}: "
                     f"{ours.seconds:.3f} s vs {reference.seconds:.3f} s",
                     err=True,
                 )
@@ -359,9 +361,6 @@ def _findings_note(comparison: Comparison) -> str | None:
         return None
     rules = sorted({f.get("rule", "?") for f in findings_of(report)})
     return f"{comparison.name}: qcow2check findings: {', '.join(rules) or 'none'}"
-
-
-NAMES = ("metadata-a", "metadata-b", "deep-zlib", "deep-zstd", "quick-startup")
 
 
 @click.command()
