@@ -433,6 +433,12 @@ def certain_rejections(data: bytes) -> list[str]:
         if f["autoclear_features"] & 2 and not incompatible & 4:
             why.append("raw external data without a data file")
 
+    start = f.get("header_length", 72)
+    if f["backing_file_offset"] <= cluster and 72 <= start <= cluster:
+        end = f["backing_file_offset"] or cluster
+        if _extensions_overrun(data, start, end):
+            why.append("header extension too large")
+
     if f["backing_file_offset"] > cluster:
         why.append("backing_file_offset outside cluster 0")
     elif f["backing_file_offset"] and f["backing_file_size"]:
@@ -469,6 +475,26 @@ def certain_rejections(data: bytes) -> list[str]:
     if needed > INT_MAX or f["l1_size"] < needed:
         why.append("L1 table too small")
     return why
+
+
+def _extensions_overrun(data: bytes, offset: int, end: int) -> bool:
+    """Whether QEMU's qcow2_read_extensions says "Header extension too large".
+
+    It reads each 8-byte record header (zeros past the end of the file) and checks
+    the record against the end of the area before it looks at the type, so even an
+    end marker that runs past the area is refused.
+    """
+    while offset < end:
+        ext_type, length = struct.unpack(
+            ">II", data[offset : offset + 8].ljust(8, b"\0")
+        )
+        offset += 8
+        if offset > end or length > end - offset:
+            return True
+        if ext_type == 0:
+            return False
+        offset += (length + 7) // 8 * 8
+    return False
 
 
 def check_mutation(data: bytes) -> dict[str, Report]:
