@@ -1,7 +1,7 @@
 """Coverage-guided fuzzing of ``qcow2check.validate`` with atheris (libFuzzer).
 
-Each input is validated at every level, from memory. Any exception, an error the
-validator logs (the walk logs its own exceptions and reports them as "not-checked"
+Each input is validated at every level, from memory. Any exception, a traceback
+the validator logs (the walk logs its own exceptions and reports them as findings
 instead of raising), or a report that breaks the promise (a finding with an unknown
 rule, a bad severity, an empty message, an offset outside 0 to 2**64, a report that
 is not JSON), is a crash that libFuzzer saves as ``crash-<sha1>``. An input slower
@@ -58,19 +58,22 @@ class BrokenPromise(AssertionError):
 
 
 class _Failures(logging.Handler):
-    """Keeps the errors the validator logs: the walk turns an exception of its own
-    into a "not-checked" finding plus a log record instead of raising it."""
+    """Keeps what the validator logs with a traceback, or as an error: the walk
+    turns an exception of its own into a finding and a debug record instead of
+    raising it."""
 
     def __init__(self) -> None:
-        super().__init__(logging.ERROR)
+        super().__init__(logging.DEBUG)
         self.records: list[logging.LogRecord] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
+        if record.exc_info or record.levelno >= logging.ERROR:
+            self.records.append(record)
 
 
 LOGGED = _Failures()
 logging.getLogger("qcow2check").addHandler(LOGGED)
+logging.getLogger("qcow2check").setLevel(logging.DEBUG)
 
 
 def check_report(report: qcow2check.Report, level: str) -> None:

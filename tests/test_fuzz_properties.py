@@ -305,20 +305,22 @@ def seeds(tmp_path_factory) -> dict[str, Seed]:
 
 
 class _Failures(logging.Handler):
-    """Collects the errors the validator logs: the walk turns an exception of its
-    own into a "not-checked" finding and a log record, so an internal error shows
-    here, not as a raise."""
+    """Collects what the validator logs with a traceback, or as an error: the walk
+    turns an exception of its own into a finding and a debug record with the
+    traceback, so an internal error shows here, not as a raise."""
 
     def __init__(self) -> None:
-        super().__init__(logging.ERROR)
+        super().__init__(logging.DEBUG)
         self.records: list[logging.LogRecord] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
+        if record.exc_info or record.levelno >= logging.ERROR:
+            self.records.append(record)
 
 
 LOGGED = _Failures()
-logging.getLogger("qcow2check").addHandler(LOGGED)
+QCOW2CHECK_LOG = logging.getLogger("qcow2check")
+QCOW2CHECK_LOG.addHandler(LOGGED)
 
 
 def check_every_level(data: bytes) -> dict[str, Report]:
@@ -326,11 +328,17 @@ def check_every_level(data: bytes) -> dict[str, Report]:
     reports = {}
     for level in FUZZ_LEVELS:
         LOGGED.records.clear()
+        # Debug records carry the walk's tracebacks; the level is put back, so the
+        # rest of the suite sees the logging it expects.
+        saved_level = QCOW2CHECK_LOG.level
+        QCOW2CHECK_LOG.setLevel(logging.DEBUG)
         try:
             report = validate(io.BytesIO(data), level=level)
         except BaseException:
             _save_failure(data)
             raise
+        finally:
+            QCOW2CHECK_LOG.setLevel(saved_level)
         if LOGGED.records:
             _save_failure(data)
             record = LOGGED.records[0]

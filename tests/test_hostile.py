@@ -444,6 +444,25 @@ def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path):
     assert time.monotonic() - start < 20
 
 
+def test_a_pipe_given_as_a_file_object_is_refused():
+    read_end, write_end = os.pipe()
+    try:
+        with open(read_end, "rb", closefd=False) as pipe, time_limit(10):
+            for level in LEVELS:
+                with pytest.raises(ImageReadError, match="cannot seek"):
+                    validate(pipe, level=level)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_an_empty_stream_gets_a_verdict():
+    for level in LEVELS:
+        report = validate(io.BytesIO(b""), level=level)
+        assert not report.accepted
+        assert report.rules_found() == {"not-qcow2"}
+
+
 def test_a_directory_is_refused(tmp_path):
     with pytest.raises(ImageReadError, match="directory"):
         validate(tmp_path, level="quick")
@@ -588,11 +607,12 @@ def test_corpus_input_gets_its_expected_verdict(name, caplog):
     for level in LEVELS:
         want = {"absent": [], **expected, **expected.get("levels", {}).get(level, {})}
         caplog.clear()
-        with time_limit(TIME_BOUND):
+        with time_limit(TIME_BOUND), caplog.at_level(logging.DEBUG, "qcow2check"):
             report = validate(io.BytesIO(data), level=level)
         errors = {f.rule for f in report.findings if f.severity == "error"}
-        # The walk logs an internal error and carries on: that is a failure too.
-        logged = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        # The walk logs an internal error with its traceback and carries on: that
+        # is a failure too.
+        logged = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
         assert not logged, (level, logged[0].getMessage())
         assert report.accepted == want["accepted"], (level, report.findings)
         assert set(want["rules"]) <= errors, (level, report.findings)
