@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import click
 from click.core import ParameterSource
@@ -174,20 +173,29 @@ def main(ctx, images, **options):
                 progress.close()
 
     reports, errors = [], []
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        # map() yields in the order the images were given, whatever finishes first.
-        for result in pool.map(check, images):
-            if isinstance(result, ImageReadError):
-                errors.append(result)
-                click.echo(f"qcow2check: error: {result}", err=True)
-            else:
-                reports.append(result)
-                _print_text(result, options)
+    for result in _in_order(check, images, jobs):
+        if isinstance(result, ImageReadError):
+            errors.append(result)
+            click.echo(f"qcow2check: error: {result}", err=True)
+        else:
+            reports.append(result)
+            _print_text(result, options)
 
     _print_document(reports, errors, options["output_format"])
     if errors:
         sys.exit(EXIT_ERROR)
     sys.exit(EXIT_ACCEPTED if all(r.accepted for r in reports) else EXIT_REJECTED)
+
+
+def _in_order(check, images, jobs: int):
+    """Results in the order the images were given, ``jobs`` images at a time."""
+    if jobs == 1:
+        yield from map(check, images)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        yield from pool.map(check, images)
 
 
 def _configure_logging(verbosity: int) -> None:

@@ -13,6 +13,14 @@ from .errors import ImageReadError
 # were a file of this many bytes, so that a header pointing anywhere stays bounded.
 CHARACTER_DEVICE_READ_LIMIT = 64 << 20
 
+# Sources read with range requests by qcow2check.remote rather than opened here.
+REMOTE_PREFIXES = ("s3://", "http://", "https://")
+
+
+def is_remote_url(source: object) -> bool:
+    """True for a ``str`` that names an object to read remotely, not a local path."""
+    return isinstance(source, str) and source[:8].lower().startswith(REMOTE_PREFIXES)
+
 
 class ImageFile:
     """The bytes of one image, opened read-only; never written, never extended.

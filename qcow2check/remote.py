@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-REMOTE_PREFIXES = ("s3://", "http://", "https://")
 
 # Reads shorter than a block are rounded out to whole blocks and the blocks kept, so
 # that the validator's small neighbouring reads (header, extensions, tail) cost one
@@ -77,11 +76,6 @@ _SCALEWAY_HOST = re.compile(r"(?:^|\.)s3\.([a-z]+-[a-z]+)\.scw\.cloud$")
 _SESSION_LOCK = threading.Lock()
 
 T = TypeVar("T")
-
-
-def is_remote_url(source: object) -> bool:
-    """True for a ``str`` that :func:`open_remote` takes rather than a local path."""
-    return isinstance(source, str) and source.lower().startswith(REMOTE_PREFIXES)
 
 
 def open_remote(url: str, *, endpoint_url: str | None = None) -> RemoteImage:

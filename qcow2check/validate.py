@@ -11,10 +11,9 @@ from typing import BinaryIO
 
 from .findings import RULES, Report
 from .header import read_header
-from .image import ImageFile
+from .image import ImageFile, is_remote_url
 from .policy import DEFAULT_MAX_SIZE, DEFAULT_MIN_SIZE, SECTOR_SIZE, check_import_rules
 from .profiles import DEFAULT_PROFILE, PROFILES, apply_profile
-from .remote import is_remote_url, open_remote
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +80,8 @@ def validate(
 
 def _open(source, endpoint_url: str | None):
     if is_remote_url(source):
+        from .remote import open_remote
+
         return open_remote(source, endpoint_url=endpoint_url)
     if isinstance(source, (str, os.PathLike)):
         return ImageFile.open(source)

@@ -230,3 +230,21 @@ def test_qemu_img_header_cluster_round_trips(tmp_path, options):
     parsed = round_trip(struct_, data[:header_end])
 
     assert parsed.size == 1 << 30
+
+
+@pytest.mark.parametrize(
+    "name", ["header_v2", "header_v3_fixed", "header_v3", "header_extension_header"]
+)
+def test_compiled_and_plain_structs_agree(name):
+    # header.py switches to compiled parsers once a process has parsed a few images.
+    struct_ = getattr(layout, name)
+    data = layout.header_v3.build(
+        header_fields(header_length=120, unknown_fields=b"newfield")
+    ) + bytes(64)
+
+    plain = struct_.parse(data)
+    compiled = struct_.compile().parse(data)
+
+    assert {k: v for k, v in plain.items() if not k.startswith("_")} == {
+        k: v for k, v in compiled.items() if not k.startswith("_")
+    }

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from qcow2check import ImageReadError, remote, validate
+from qcow2check.image import is_remote_url
 from qcow2check.remote import BLOCK_SIZE, RemoteImage, open_remote
 
 from .remote_servers import MotoServer, ObjectServer, free_port
@@ -446,7 +447,7 @@ def test_unsupported_scheme_is_a_read_error():
     ],
 )
 def test_is_remote_url(source, remote_url):
-    assert remote.is_remote_url(source) is remote_url
+    assert is_remote_url(source) is remote_url
 
 
 # Read-ahead and cache --------------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -146,11 +147,23 @@ def _decode_zlib(data: bytes, cluster_size: int) -> str | None:
     return None
 
 
+_per_thread = threading.local()
+
+
+def _zstd_decompressor() -> zstandard.ZstdDecompressor:
+    # Making a decompressor costs more than decoding a 4 KiB cluster; one is kept
+    # per decoding thread, since a decompressor must not be shared between threads.
+    decompressor = getattr(_per_thread, "zstd", None)
+    if decompressor is None:
+        decompressor = _per_thread.zstd = zstandard.ZstdDecompressor()
+    return decompressor
+
+
 def _decode_zstd(data: bytes, cluster_size: int) -> str | None:
     # Stream readers bound the output: a frame header may claim any size. QEMU
     # writes one frame per cluster, which must end exactly at the cluster's end;
     # the bytes after it may be the next cluster's frame.
-    decompressor = zstandard.ZstdDecompressor()
+    decompressor = _zstd_decompressor()
     try:
         # One read stops at the end of the first frame.
         first = len(
