@@ -12,7 +12,7 @@ import struct
 from collections.abc import Callable
 from functools import cached_property
 
-from . import fixes, layout, limits, sniff
+from . import fixes, layout, limits
 from .findings import Report
 from .image import ImageFile
 
@@ -144,7 +144,7 @@ def read_header(image: ImageFile, report: Report) -> Header | None:
     Everything found goes into ``report``, and ``report.info`` gets what was parsed.
     """
     report.info["file_size"] = image.size
-    head = image.read_at(0, max(sniff.HEAD_SIZE, FIRST_READ))
+    head = image.read_at(0, FIRST_READ)
 
     if head[:4] != layout.MAGIC:
         _identify_other_format(image, head, report)
@@ -199,6 +199,9 @@ def read_header(image: ImageFile, report: Report) -> Header | None:
 
 
 def _identify_other_format(image: ImageFile, head: bytes, report: Report) -> None:
+    # Imported here: checking a QCOW2 image, the usual case, never needs it.
+    from . import sniff
+
     tail = image.read_at(max(0, image.size - sniff.TAIL_SIZE), sniff.TAIL_SIZE)
     found = sniff.identify(head, tail, image.size)
     report.info["format"] = found.kind

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from . import __version__
@@ -75,6 +73,8 @@ def _summary(info: dict) -> str:
 
 def format_json(reports: list[Report], errors: list[ImageReadError]) -> str:
     """One document for the whole run; its schema is ``report.schema.json``."""
+    import json
+
     document = {
         "tool": {"name": "qcow2check", "version": __version__},
         "accepted": not errors and all(r.accepted for r in reports),

@@ -23,3 +23,9 @@ def test_quick_check_imports_neither_numpy_nor_zstandard(tmp_path):
     )
 
     subprocess.run([sys.executable, "-c", code, str(path)], check=True, timeout=60)
+
+
+def test_the_first_read_covers_what_sniff_needs():
+    from qcow2check import header, sniff
+
+    assert header.FIRST_READ >= sniff.HEAD_SIZE
