@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 # and everything sniff needs to name another format.
 FIRST_READ = 64 << 10
 
+# Every extension record is read (QEMU reads them all, and a 2 MiB cluster 0 holds
+# at most 262,144), but only this many are listed in the report's info.
+MAX_LISTED_EXTENSIONS = 64
+
 INT64_MAX = (1 << 63) - 1
 INT_MAX = (1 << 31) - 1
 
@@ -85,6 +89,7 @@ class Header:
         self.bitmaps_extension = None
         self.crypto_header = None
         self.extensions: list[dict] = []
+        self.extension_count = 0
 
     @property
     def cluster_size(self) -> int:
@@ -321,46 +326,41 @@ def _read_additional_fields(
 
 def _read_extensions(header: Header, cluster0: bytes, report: Report) -> None:
     # qcow2_read_extensions: the area runs from the end of the header to the backing
-    # file name, or to the end of cluster 0.
+    # file name, or to the end of cluster 0. Each record header is read even where
+    # fewer than 8 bytes of the area remain (bytes past the end of the file read as
+    # zeros), and a record that does not fit is refused, the end marker included.
     end = header.backing_file_offset or header.cluster_size
     offset = header.header_length
-    parse_record = _parser("header_extension_header")
-    count = 0
 
-    while offset + layout.EXTENSION_HEADER_SIZE <= min(end, len(cluster0)):
-        if count == limits.MAX_HEADER_EXTENSIONS:
-            report.add(
-                "not-checked",
-                f"header extensions after the first {limits.MAX_HEADER_EXTENSIONS} "
-                "were not read",
-                offset,
-            )
-            return
-        count += 1
-
-        record = parse_record(cluster0[offset : offset + layout.EXTENSION_HEADER_SIZE])
+    while offset < end:
+        record_bytes = cluster0[offset : offset + layout.EXTENSION_HEADER_SIZE]
+        record = _parser("header_extension_header")(
+            record_bytes.ljust(layout.EXTENSION_HEADER_SIZE, b"\0")
+        )
         ext_type, length = record.type, record.length
         data_offset = offset + layout.EXTENSION_HEADER_SIZE
         if data_offset + length > end:
             name = layout.EXTENSION_NAMES.get(ext_type, f"type {ext_type:#010x}")
             report.add(
                 "invalid-header",
-                f"header extension {name} claims {length} bytes of data, past the end "
-                f"of the extension area at {end:#x}",
+                f"header extension {name} ({length} bytes of data at {data_offset:#x}) "
+                f"runs past the end of the extension area at {end:#x}",
                 offset,
             )
             return
         if ext_type == layout.QCOW2_EXT_MAGIC_END:
             return
 
-        header.extensions.append(
-            {
-                "type": f"{ext_type:#010x}",
-                "name": layout.EXTENSION_NAMES.get(ext_type, "unknown"),
-                "offset": offset,
-                "length": length,
-            }
-        )
+        header.extension_count += 1
+        if len(header.extensions) < MAX_LISTED_EXTENSIONS:
+            header.extensions.append(
+                {
+                    "type": f"{ext_type:#010x}",
+                    "name": layout.EXTENSION_NAMES.get(ext_type, "unknown"),
+                    "offset": offset,
+                    "length": length,
+                }
+            )
         data = cluster0[data_offset : data_offset + length]
         _read_extension(header, ext_type, data, data_offset, report)
         offset = data_offset + (length + 7) // 8 * 8
@@ -735,6 +735,7 @@ def _record_info(header: Header, report: Report) -> None:
     }
     info["snapshot_count"] = header.nb_snapshots
     info["header_extensions"] = header.extensions
+    info["header_extension_count"] = header.extension_count
 
 
 def _set_bits(bits: int) -> list[int]:

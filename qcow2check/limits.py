@@ -24,7 +24,3 @@ BME_MAX_GRANULARITY_BITS = 31  # block/qcow2-bitmap.c
 BME_MAX_NAME_SIZE = 1023  # block/qcow2-bitmap.c
 # qcow2-refcount.c qcow2_check_refcounts: a file of more clusters fails with EFBIG.
 QCOW2_CHECK_MAX_CLUSTERS = (1 << 31) - 1
-
-# Not QEMU's: QEMU reads every extension record in cluster 0, and a 2 MiB cluster
-# could hold 262,144 empty ones. Real images carry fewer than ten.
-MAX_HEADER_EXTENSIONS = 1024
