@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Coverage-guided fuzzing of ``qcow2check.validate`` with atheris (libFuzzer).
 
 Each input is validated at every level, from memory. Any exception, a traceback
@@ -46,8 +47,8 @@ with _instrumentation():
 LEVELS = tuple(
     os.environ.get("QCOW2CHECK_FUZZ_LEVELS", ",".join(qcow2check.LEVELS)).split(",")
 )
-# A directory: failures are saved there and the run goes on (libFuzzer's own -fork
-# mode does not work under atheris). Unset: the first failure stops the run.
+# A directory: failures are saved there, at most three per place they were raised,
+# and the run goes on in one process. Unset: the first failure stops the run.
 KEEP_GOING = os.environ.get("QCOW2CHECK_FUZZ_KEEP_GOING")
 SAVED_PER_FAILURE = 3
 _seen: dict[str, int] = {}
