@@ -254,7 +254,9 @@ class Decoder:
         start, size = start[order], size[order]
         table_offsets, index = table_offsets[order], index[order]
 
-        # One batch of about BATCH_BYTES is read while the one before decodes.
+        # One batch of about BATCH_BYTES is read while the one before decodes; the
+        # results of that one are taken only once this one is queued, so that the
+        # workers never wait for the reader.
         total = np.cumsum(size)
         cuts = np.searchsorted(total, np.arange(BATCH_BYTES, total[-1], BATCH_BYTES))
         bounds = [0, *np.unique(cuts).tolist(), start.size]
@@ -262,13 +264,13 @@ class Decoder:
             if first == stop:
                 continue
             jobs = self._read(start[first:stop], size[first:stop])
-            self._collect()
             where = (start[first:stop], table_offsets[first:stop], index[first:stop])
             for spans, data in jobs:
                 future = self.pool.submit(
                     _decode_job, self.decode, data, spans, self.walk.cluster_size
                 )
                 self.running.append((future, *where))
+            self._collect(keep=len(jobs))
 
     def _read(self, start, size) -> list:
         """Read the data of sorted clusters with a few large reads, in jobs."""
@@ -286,9 +288,14 @@ class Decoder:
                 jobs.append((spans[job : job + CLUSTERS_PER_JOB], data))
         return jobs
 
-    def _collect(self) -> None:
+    def _collect(self, keep: int = 0) -> None:
+        """Record the results of all but the ``keep`` newest jobs, oldest first."""
         walk = self.walk
-        for future, start, table_offsets, index in self.running:
+        done, self.running = (
+            self.running[: len(self.running) - keep],
+            self.running[len(self.running) - keep :],
+        )
+        for future, start, table_offsets, index in done:
             for position, problem in future.result():
                 walk.rec.add(
                     "compressed-cluster",
@@ -300,7 +307,6 @@ class Decoder:
                     int(table_offsets[position])
                     + int(index[position]) * self.entry_size,
                 )
-        self.running = []
 
     def close(self) -> None:
         try:
