@@ -341,7 +341,7 @@ HOSTILE = {
     "snapshot-shares-active-tables": (snapshot_shares_active_tables, True),
     "compressed-max-sectors-64k": (lambda: compressed_max_sectors(16, 1), True),
     "compressed-max-sectors-2m": (lambda: compressed_max_sectors(21, 262144), True),
-    "sparse-1tib-512-byte-clusters": (sparse_terabyte_small_clusters, None),
+    "sparse-1tib-512-byte-clusters": (sparse_terabyte_small_clusters, True),
     "bitmap-table-1gib-past-eof": (lambda: bitmaps(1, 32 << 16, 1 << 27), True),
     "bitmaps-65535-far": (lambda: bitmaps(65535, 1 << 50, 1 << 27), True),
 }

@@ -68,7 +68,9 @@ def check_tables(
             "not-checked",
             "the tables were not walked: the file has more than "
             f"{limits.QCOW2_CHECK_MAX_CLUSTERS} clusters "
-            f"of {header.cluster_size} bytes, more than qemu-img check can count",
+            f"of {header.cluster_size} bytes, more than qemu-img check can count, "
+            "so the image is not accepted unchecked",
+            severity=ERROR,
         )
         return
     walk = Walk(image, header, report, deep, progress)
