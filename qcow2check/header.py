@@ -138,9 +138,34 @@ class Header:
         return table
 
     def feature_name(self, kind: str, bit: int) -> str:
-        """The image's own name for a feature bit, else the spec's, else its number."""
-        known = layout.FEATURE_NAMES[kind].get(bit, f"unknown bit {bit}")
-        return self.feature_table.get((kind, bit), known)
+        """The spec's name for a feature bit, else the image's own, else its number.
+
+        The image's feature name table is consulted only for bits the spec does not
+        name, so an image that sets only known bits never has it parsed."""
+        known = layout.FEATURE_NAMES[kind].get(bit)
+        if known is not None:
+            return known
+        return self.feature_table.get((kind, bit), f"unknown bit {bit}")
+
+
+class ClusterZero:
+    """Cluster 0, read only as far as the header needs it: the header, extensions
+    and backing file name of most images fit in the first read, and a cluster can
+    be 2 MiB."""
+
+    def __init__(self, image: ImageFile, head: bytes, cluster_size: int) -> None:
+        self.image = image
+        self.data = head
+        self.cluster_size = cluster_size
+
+    def upto(self, end: int) -> bytes:
+        """Cluster 0 with at least ``end`` bytes, unless the file or the cluster
+        ends before."""
+        have = len(self.data)
+        if have < end and have < min(self.cluster_size, self.image.size):
+            wanted = min(self.cluster_size, max(end, 2 * have))
+            self.data = self.image.read_at(0, wanted)
+        return self.data
 
 
 def read_header(image: ImageFile, report: Report) -> Header | None:
@@ -189,9 +214,7 @@ def read_header(image: ImageFile, report: Report) -> Header | None:
         header = Header(_parser("header_v3_fixed")(head))
     _check_geometry(header, report)
 
-    cluster0 = head
-    if header.geometry_valid and header.cluster_size > len(head):
-        cluster0 = image.read_at(0, header.cluster_size)
+    cluster0 = ClusterZero(image, head, header.cluster_size)
     if version == 3 and header.geometry_valid:
         _read_additional_fields(header, cluster0, image.size, report)
     if header.geometry_valid:
@@ -301,9 +324,9 @@ def _check_geometry(header: Header, report: Report) -> None:
 
 
 def _read_additional_fields(
-    header: Header, cluster0: bytes, file_size: int, report: Report
+    header: Header, cluster0: ClusterZero, file_size: int, report: Report
 ) -> None:
-    if len(cluster0) < header.header_length:
+    if len(cluster0.upto(header.header_length)) < header.header_length:
         report.add(
             "invalid-header",
             f"the file ends at byte {file_size}, inside the header, whose "
@@ -311,7 +334,7 @@ def _read_additional_fields(
             offset=file_size,
         )
         return
-    fields = _parser("header_v3")(cluster0[: header.header_length])
+    fields = _parser("header_v3")(cluster0.data[: header.header_length])
     header.compression_type = fields.compression_type or 0
     if fields.unknown_fields:
         header.extensions.append(
@@ -324,7 +347,7 @@ def _read_additional_fields(
         )
 
 
-def _read_extensions(header: Header, cluster0: bytes, report: Report) -> None:
+def _read_extensions(header: Header, cluster0: ClusterZero, report: Report) -> None:
     # qcow2_read_extensions: the area runs from the end of the header to the backing
     # file name, or to the end of cluster 0. Each record header is read even where
     # fewer than 8 bytes of the area remain (bytes past the end of the file read as
@@ -333,7 +356,8 @@ def _read_extensions(header: Header, cluster0: bytes, report: Report) -> None:
     offset = header.header_length
 
     while offset < end:
-        record_bytes = cluster0[offset : offset + layout.EXTENSION_HEADER_SIZE]
+        record_end = offset + layout.EXTENSION_HEADER_SIZE
+        record_bytes = cluster0.upto(record_end)[offset:record_end]
         record = _parser("header_extension_header")(
             record_bytes.ljust(layout.EXTENSION_HEADER_SIZE, b"\0")
         )
@@ -361,7 +385,7 @@ def _read_extensions(header: Header, cluster0: bytes, report: Report) -> None:
                     "length": length,
                 }
             )
-        data = cluster0[data_offset : data_offset + length]
+        data = cluster0.upto(data_offset + length)[data_offset : data_offset + length]
         _read_extension(header, ext_type, data, data_offset, report)
         offset = data_offset + (length + 7) // 8 * 8
 
@@ -487,7 +511,7 @@ def _read_crypto_header_pointer(
 
 
 def _read_backing_file_name(
-    header: Header, cluster0: bytes, file_size: int, report: Report
+    header: Header, cluster0: ClusterZero, file_size: int, report: Report
 ) -> None:
     offset = header.backing_file_offset
     if offset == 0:
@@ -512,7 +536,7 @@ def _read_backing_file_name(
             f"at most {limit}, so that the name fits in 1023 bytes and in cluster 0",
         )
         return
-    if offset + length > len(cluster0):
+    if offset + length > len(cluster0.upto(offset + length)):
         report.add(
             "invalid-header",
             f"the backing file name ({length} bytes at {offset:#x}) runs past the end "
@@ -522,7 +546,7 @@ def _read_backing_file_name(
         return
     # QEMU treats an empty name as no backing file at all.
     if length:
-        header.backing_file = cluster0[offset : offset + length]
+        header.backing_file = cluster0.data[offset : offset + length]
 
 
 def _check_features(header: Header, report: Report) -> None:

@@ -405,3 +405,32 @@ def test_quick_level_reads_a_bounded_number_of_bytes():
     image = build_image(l1_size=0x400000, refcount_table_clusters=128, clusters=1)
     report = check(image)
     assert report.info["bytes_read"] <= 64 << 10
+
+
+def test_a_2_mib_cluster_0_is_read_only_as_far_as_needed():
+    two_mib = dict(
+        cluster_bits=21, l1_table_offset=3 << 21, refcount_table_offset=1 << 21
+    )
+
+    plain = check(build_image(**two_mib))
+
+    assert plain.accepted
+    assert plain.info["bytes_read"] == 64 << 10
+
+
+def test_a_backing_file_name_beyond_the_first_read_is_found():
+    image = bytearray(
+        build_image(
+            cluster_bits=21, l1_table_offset=3 << 21, refcount_table_offset=1 << 21
+        )
+    )
+    name = b"far/away/base.qcow2"
+    offset = 1 << 20
+    image[8:16] = offset.to_bytes(8, "big")
+    image[16:20] = len(name).to_bytes(4, "big")
+    image[offset : offset + len(name)] = name
+
+    report = check(bytes(image))
+
+    assert error_rules(report) == {"backing-chain"}
+    assert report.info["backing_file"] == "far/away/base.qcow2"
