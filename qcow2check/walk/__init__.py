@@ -49,8 +49,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["check_tables"]
 
-L1_OFFSET = np.uint64(layout.L1E_OFFSET_MASK)
-
 
 def check_tables(
     image: ImageFile, header: Header, report: Report, *, deep: bool, progress=None
@@ -281,7 +279,7 @@ def _name(group: list) -> str:
 
 
 def _l2_offsets(l1: np.ndarray) -> np.ndarray:
-    return np.unique(l1[l1 != 0] & L1_OFFSET)
+    return np.unique(l1[l1 != 0] & l1l2.L1_OFFSET)
 
 
 def _count_l1(walk: Walk, tables: list, active: bool = True) -> l1l2.L2Tables:

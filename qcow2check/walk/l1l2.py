@@ -12,20 +12,14 @@ from __future__ import annotations
 import numpy as np
 
 from .. import layout
-from .l2entries import Batch
+from .l2entries import COPIED, Batch
 from .refcounts import refcount_is_one
 from .state import Walk
 from .tables import RUN_BYTES, batches, read_u64_tables
 
 U = np.uint64
-COPIED = U(layout.QCOW_OFLAG_COPIED)
-COMPRESSED = U(layout.QCOW_OFLAG_COMPRESSED)
-ZERO = U(layout.QCOW_OFLAG_ZERO)
 L1_RESERVED = U(layout.L1E_RESERVED_MASK)
 L1_OFFSET = U(layout.L1E_OFFSET_MASK)
-L2_RESERVED = U(layout.L2E_STD_RESERVED_MASK)
-L2_OFFSET = U(layout.L2E_OFFSET_MASK)
-ALL_ALLOC = U(layout.QCOW_L2_BITMAP_ALL_ALLOC)
 
 
 class L2Tables:
