@@ -4,10 +4,10 @@ pre-commit installs the hook by pip-installing this project into a virtualenv, w
 takes a while, so every test shares one PRE_COMMIT_HOME and one snapshot of the
 project: the environment is built once per session.
 
-``pre-commit try-repo`` would be the one-liner, but it keeps its environments in a
-temporary directory of its own, so each call would build one; a config that names a
-git snapshot of the working tree by path and commit tests the same files, and lets
-the environment be reused.
+``pre-commit try-repo`` keeps its environments in a temporary directory of its own,
+so each call builds one: one test runs it as a user would, and the others use a
+config that names a git snapshot of the working tree by path and commit, which tests
+the same files and lets the environment be reused.
 """
 
 from __future__ import annotations
@@ -173,3 +173,57 @@ def test_installed_hook_refuses_the_commit(pre_commit_home, hook_repo, tmp_path)
     assert refused.returncode != 0
     assert "[compression-type]" in refused.stdout + refused.stderr
     assert git("rev-list", "--all", cwd=repo) == ""
+
+
+def test_try_repo_passes_an_accepted_image_and_fails_a_rejected_one(tmp_path):
+    # The command the issue tracker and pre-commit's docs give for trying a hook
+    # before a release; each call builds its own environment (about 10 s).
+    repo = tmp_path / "images"
+    repo.mkdir()
+    git("init", "-q", cwd=repo)
+    accepted, rejected = repo / "accepted.qcow2", repo / "rejected.qcow2"
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", accepted, "1G"], check=True
+    )
+    subprocess.run(
+        [
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "compression_type=zstd",
+            rejected,
+            "1G",
+        ],
+        check=True,
+    )
+    git("add", ".", cwd=repo)
+    git("commit", "-qm", "images", cwd=repo)
+
+    def try_repo(image: Path) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pre_commit",
+                "try-repo",
+                str(ROOT),
+                "qcow2check",
+                "--files",
+                image.name,
+            ],
+            cwd=repo,
+            env=clean_env(PRE_COMMIT_HOME=str(tmp_path / "cache")),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
+    passed = try_repo(accepted)
+    failed = try_repo(rejected)
+
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "[compression-type]" in failed.stdout
