@@ -85,7 +85,7 @@ def _open(source, endpoint_url: str | None):
         return open_remote(source, endpoint_url=endpoint_url)
     if isinstance(source, (str, os.PathLike)):
         return ImageFile.open(source)
-    return ImageFile.wrap(source, getattr(source, "name", "<stream>"))
+    return ImageFile.wrap(source, str(getattr(source, "name", "<stream>")))
 
 
 def _fix_path(source) -> str | None:

@@ -93,3 +93,12 @@ def test_an_internal_error_in_the_walk_rejects_the_image(tmp_path, monkeypatch):
     (finding,) = [f for f in report.findings if f.severity == "error"]
     assert finding.rule == "not-checked"
     assert "internal error" in finding.message
+
+
+def test_a_file_object_opened_from_a_descriptor_is_named_as_text(tmp_path):
+    path = tmp_path / "image.qcow2"
+    path.write_bytes(build_image())
+    with os.fdopen(os.open(path, os.O_RDONLY), "rb") as file:
+        report = validate(file, level="quick")
+    assert isinstance(report.path, str)
+    assert report.accepted
