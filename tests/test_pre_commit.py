@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import qemu_img
+
 pytestmark = [
     pytest.mark.skipif(
         importlib.util.find_spec("pre_commit") is None,
@@ -182,22 +184,16 @@ def test_try_repo_passes_an_accepted_image_and_fails_a_rejected_one(tmp_path):
     repo.mkdir()
     git("init", "-q", cwd=repo)
     accepted, rejected = repo / "accepted.qcow2", repo / "rejected.qcow2"
-    subprocess.run(
-        ["qemu-img", "create", "-q", "-f", "qcow2", accepted, "1G"], check=True
-    )
-    subprocess.run(
-        [
-            "qemu-img",
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            "compression_type=zstd",
-            rejected,
-            "1G",
-        ],
-        check=True,
+    qemu_img("create", "-q", "-f", "qcow2", str(accepted), "1G")
+    qemu_img(
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "compression_type=zstd",
+        str(rejected),
+        "1G",
     )
     git("add", ".", cwd=repo)
     git("commit", "-qm", "images", cwd=repo)
